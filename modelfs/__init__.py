@@ -1,0 +1,3 @@
+"""modelfs: version control for ML model checkpoints, used as a filesystem."""
+
+__version__ = "0.1.0"

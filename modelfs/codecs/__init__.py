@@ -1,0 +1,13 @@
+"""Lossless chunk codecs: a registry of named, stable ids, each bytes -> bytes."""
+
+from modelfs.codecs.base import Codec, EncodeContext, get_codec, register_codec, registered_codecs
+from modelfs.codecs.builtin import choose_encoding
+
+__all__ = [
+    "Codec",
+    "EncodeContext",
+    "choose_encoding",
+    "get_codec",
+    "register_codec",
+    "registered_codecs",
+]

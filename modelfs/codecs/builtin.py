@@ -1,0 +1,220 @@
+"""The built-in codecs and the policy that picks the smallest lossless encoding of a chunk.
+
+Self-contained: raw, zstd, planes (byte planes + zstd). Deltas, all "predict, then XOR
+the bit patterns, then byte planes + zstd": xor (prediction = the parent chunk), cast
+(the parent chunk cast to this dtype: fp32 -> fp16/bf16), avg (mean of two parents: weight
+averaging merges) and prune (the parent with the child's zeros applied: magnitude pruning).
+A prediction that is exact leaves all-zero planes, which cost a few bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from modelfs.codecs.base import EncodeContext, register_codec
+from modelfs.codecs.planes import (
+    decode_planes,
+    encode_planes,
+    xor_bytes,
+    zstd_compress,
+    zstd_decompress,
+)
+from modelfs.dtypes import DType
+
+
+@dataclass(frozen=True)
+class RawCodec:
+    id: str = "raw"
+    n_bases: int = 0
+
+    def applies(self, ctx: EncodeContext) -> bool:
+        return True
+
+    def encode(self, data: bytes, ctx: EncodeContext) -> bytes | None:
+        return bytes(data)
+
+    def decode(self, payload: memoryview, length: int, ctx: EncodeContext) -> bytes:
+        return bytes(payload)
+
+
+@dataclass(frozen=True)
+class ZstdCodec:
+    id: str = "zstd"
+    n_bases: int = 0
+
+    def applies(self, ctx: EncodeContext) -> bool:
+        return True
+
+    def encode(self, data: bytes, ctx: EncodeContext) -> bytes | None:
+        return zstd_compress(data)
+
+    def decode(self, payload: memoryview, length: int, ctx: EncodeContext) -> bytes:
+        return zstd_decompress(payload, length)
+
+
+@dataclass(frozen=True)
+class PlanesCodec:
+    id: str = "planes"
+    n_bases: int = 0
+
+    def applies(self, ctx: EncodeContext) -> bool:
+        return ctx.dtype.itemsize > 1
+
+    def encode(self, data: bytes, ctx: EncodeContext) -> bytes | None:
+        return encode_planes(data, ctx.dtype.itemsize)
+
+    def decode(self, payload: memoryview, length: int, ctx: EncodeContext) -> bytes:
+        return decode_planes(payload, length)
+
+
+def _torch_cast(data: bytes, src: DType, dst: DType) -> np.ndarray:
+    import torch  # deferred: only cast chunks need it, and it costs a second to import
+
+    t = torch.frombuffer(bytearray(data), dtype=getattr(torch, src.torch_name or ""))
+    return t.to(getattr(torch, dst.torch_name or "")).view(torch.uint8).numpy()
+
+
+def _predict_same(ctx: EncodeContext) -> bytes | np.ndarray:
+    return ctx.bases[0]
+
+
+def _predict_cast(ctx: EncodeContext) -> bytes | np.ndarray:
+    return _torch_cast(ctx.bases[0], ctx.base_dtypes[0], ctx.dtype)
+
+
+def _predict_avg(ctx: EncodeContext) -> bytes | np.ndarray:
+    import torch
+
+    tdt = getattr(torch, ctx.dtype.torch_name or "")
+    a = torch.frombuffer(bytearray(ctx.bases[0]), dtype=tdt).to(torch.float32)
+    b = torch.frombuffer(bytearray(ctx.bases[1]), dtype=tdt).to(torch.float32)
+    if ctx.dtype.name == "F64":
+        a, b = a.double(), b.double()
+    return ((a + b) / 2).to(tdt).view(torch.uint8).numpy()
+
+
+@dataclass(frozen=True)
+class PredictXorCodec:
+    """Payload = planes(data XOR prediction); decode recomputes the same prediction."""
+
+    id: str
+    n_bases: int
+    predict: Callable[[EncodeContext], bytes | np.ndarray]
+    needs_cast: bool = False
+
+    def applies(self, ctx: EncodeContext) -> bool:
+        if len(ctx.bases) != self.n_bases:
+            return False
+        if self.needs_cast:
+            src = ctx.base_dtypes[0]
+            return (src.name != ctx.dtype.name and src.is_float and ctx.dtype.is_float
+                    and src.torch_name is not None and ctx.dtype.torch_name is not None)
+        if any(b.name != ctx.dtype.name for b in ctx.base_dtypes):
+            return False
+        if self.n_bases == 2:
+            return ctx.dtype.is_float and ctx.dtype.torch_name is not None
+        return True
+
+    def encode(self, data: bytes, ctx: EncodeContext) -> bytes | None:
+        pred = self.predict(ctx)
+        if len(pred) != len(data):
+            return None
+        return encode_planes(xor_bytes(data, pred), ctx.dtype.itemsize)
+
+    def decode(self, payload: memoryview, length: int, ctx: EncodeContext) -> bytes:
+        return xor_bytes(decode_planes(payload, length), self.predict(ctx)).tobytes()
+
+
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+@dataclass(frozen=True)
+class PruneCodec:
+    """Magnitude pruning: a bitmap of newly zeroed elements, then XOR against the masked parent."""
+
+    id: str = "prune"
+    n_bases: int = 1
+
+    def applies(self, ctx: EncodeContext) -> bool:
+        return (len(ctx.bases) == 1 and ctx.base_dtypes[0].name == ctx.dtype.name
+                and ctx.dtype.is_float and ctx.dtype.itemsize in _UINT)
+
+    @staticmethod
+    def _masked(base: bytes, mask: np.ndarray, itemsize: int) -> np.ndarray:
+        b = np.frombuffer(base, dtype=_UINT[itemsize]).copy()
+        b[mask] = 0
+        return b
+
+    def encode(self, data: bytes, ctx: EncodeContext) -> bytes | None:
+        isz = ctx.dtype.itemsize
+        if len(data) % isz:
+            return None
+        sign = np.array(1 << (8 * isz - 1), dtype=_UINT[isz])
+        d = np.frombuffer(data, dtype=_UINT[isz])
+        b = np.frombuffer(ctx.bases[0], dtype=_UINT[isz])
+        mask = ((d & ~sign) == 0) & ((b & ~sign) != 0)
+        if mask.sum() < len(d) // 100:
+            return None  # not a pruning step; plain xor will do
+        bitmap = zstd_compress(np.packbits(mask).tobytes())
+        resid = encode_planes(xor_bytes(d, self._masked(ctx.bases[0], mask, isz)), isz)
+        return struct.pack("<I", len(bitmap)) + bitmap + resid
+
+    def decode(self, payload: memoryview, length: int, ctx: EncodeContext) -> bytes:
+        isz = ctx.dtype.itemsize
+        n = length // isz
+        (blen,) = struct.unpack_from("<I", payload, 0)
+        bits = np.frombuffer(zstd_decompress(payload[4:4 + blen], (n + 7) // 8), dtype=np.uint8)
+        mask = np.unpackbits(bits, count=n).astype(bool)
+        resid = decode_planes(payload[4 + blen:], length)
+        return xor_bytes(resid, self._masked(ctx.bases[0], mask, isz)).tobytes()
+
+
+RAW = register_codec(RawCodec())
+ZSTD = register_codec(ZstdCodec())
+PLANES = register_codec(PlanesCodec())
+XOR = register_codec(PredictXorCodec("xor", 1, _predict_same))
+CAST = register_codec(PredictXorCodec("cast", 1, _predict_cast, needs_cast=True))
+AVG = register_codec(PredictXorCodec("avg", 2, _predict_avg))
+PRUNE = register_codec(PruneCodec())
+
+_DELTA_CODECS = (XOR, CAST, PRUNE, AVG)
+_GOOD_ENOUGH = 1 / 64  # a payload this small cannot usefully be beaten
+
+
+@dataclass(frozen=True, slots=True)
+class Encoding:
+    codec_id: str
+    payload: bytes
+    base_set: int  # index into the base sets offered, or -1 for self-contained
+
+
+def choose_encoding(data: bytes, dtype: DType,
+                    base_sets: Sequence[tuple[Sequence[bytes], Sequence[DType]]] = ()) -> Encoding:
+    """The smallest lossless encoding among the deltas the bases allow and self-contained ones.
+
+    Cheap early exits keep import fast: a delta that is already tiny ends the search, and the
+    self-contained codecs are tried only when no delta got below 3/4 of the raw size.
+    """
+    n = len(data)
+    best = Encoding("raw", bytes(data), -1)
+    for i, (bases, btypes) in enumerate(base_sets):
+        ctx = EncodeContext(dtype, bases, btypes)
+        for codec in _DELTA_CODECS:
+            if not codec.applies(ctx):
+                continue
+            payload = codec.encode(data, ctx)
+            if payload is not None and len(payload) < len(best.payload):
+                best = Encoding(codec.id, payload, i)
+        if len(best.payload) <= n * _GOOD_ENOUGH:
+            return best
+    if len(best.payload) > n * 0.75:
+        ctx = EncodeContext(dtype)
+        for codec in (PLANES if dtype.itemsize > 1 else ZSTD,):
+            payload = codec.encode(data, ctx)
+            if payload is not None and len(payload) < len(best.payload):
+                best = Encoding(codec.id, payload, -1)
+    return best

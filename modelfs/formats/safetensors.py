@@ -1,0 +1,96 @@
+"""safetensors: the header kept verbatim, each tensor's byte range mapped to a tensor part.
+
+The checks are strict (tensors must tile the data area with no gap or overlap, sizes must
+match dtype x shape, known dtypes only): anything else is not guessed at but stored as a blob.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+from modelfs.dtypes import DTYPES
+from modelfs.formats.base import FileLayout, FormatError, InlinePart, TensorPart, register_format
+
+MAX_HEADER = 100 * 1024 * 1024
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in pairs:
+        if k in out:
+            raise FormatError(f"duplicate key {k!r} in header")
+        out[k] = v
+    return out
+
+
+class SafetensorsFormat:
+    name = "safetensors"
+
+    def claims(self, path: str, head: bytes) -> bool:
+        if path.endswith(".safetensors"):
+            return True
+        if len(head) < 10:
+            return False
+        (n,) = struct.unpack_from("<Q", head, 0)
+        return 2 <= n <= MAX_HEADER and head[8:9] == b"{"
+
+    def parse(self, data: memoryview) -> FileLayout:
+        size = len(data)
+        if size < 8:
+            raise FormatError(f"file is {size} bytes, shorter than the 8-byte header length")
+        (n,) = struct.unpack_from("<Q", data, 0)
+        if n > MAX_HEADER:
+            raise FormatError(f"header length {n} exceeds the {MAX_HEADER}-byte limit")
+        if 8 + n > size:
+            raise FormatError(f"header length {n} runs past the end of the {size}-byte file")
+        raw = bytes(data[8:8 + n])
+        try:
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FormatError(f"header is not valid JSON: {e}") from None
+        if not isinstance(header, dict):
+            raise FormatError("header is not a JSON object")
+        meta = header.get("__metadata__")
+        if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+            raise FormatError("__metadata__ is not a map of strings")
+        tensors: list[TensorPart] = []
+        data_start = 8 + n
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            tensors.append(self._tensor(name, info, data_start))
+        tensors.sort(key=lambda t: (t.offset, t.nbytes))
+        pos = data_start
+        for t in tensors:
+            if t.offset != pos:
+                kind = "gap" if t.offset > pos else "overlap"
+                raise FormatError(f"{kind} before tensor {t.name!r} at data offset {t.offset - data_start}")
+            pos += t.nbytes
+        if pos != size:
+            raise FormatError(f"tensors end at byte {pos} but the file has {size} bytes")
+        return FileLayout(self.name, (InlinePart(bytes(data[:data_start])), *tensors))
+
+    @staticmethod
+    def _tensor(name: str, info: object, data_start: int) -> TensorPart:
+        if not isinstance(info, dict):
+            raise FormatError(f"entry {name!r} is not an object")
+        dt = DTYPES.get(info.get("dtype"))  # type: ignore[arg-type]
+        if dt is None:
+            raise FormatError(f"tensor {name!r} has unknown dtype {info.get('dtype')!r}")
+        shape = info.get("shape")
+        offs = info.get("data_offsets")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise FormatError(f"tensor {name!r} has a bad shape {shape!r}")
+        if not (isinstance(offs, list) and len(offs) == 2
+                and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offs)
+                and offs[0] <= offs[1]):
+            raise FormatError(f"tensor {name!r} has bad data_offsets {offs!r}")
+        nbytes = math.prod(shape) * dt.itemsize
+        if offs[1] - offs[0] != nbytes:
+            raise FormatError(f"tensor {name!r}: {offs[1] - offs[0]} bytes for {dt.name}{shape} (expected {nbytes})")
+        return TensorPart(name, dt, tuple(shape), data_start + offs[0], nbytes)
+
+
+SAFETENSORS = register_format(SafetensorsFormat())

@@ -1,0 +1,173 @@
+"""Chunk records and a thread-safe decoder with an LRU of decoded chunks.
+
+A record is: codec id, dtype, chain depth, decoded length, base keys (with their dtypes),
+then the payload. Keys are blake3 of the decoded bytes, so equal content is stored once
+whatever codec won, and any decode can be checked against its key.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import blake3
+
+from modelfs.codecs import EncodeContext, get_codec
+from modelfs.dtypes import DTYPES, DType
+from modelfs.errors import CorruptData, NotFound
+from modelfs.store import ReadTxn, Store
+
+KEY_LEN = 32
+_VERSION = 1
+
+
+def chunk_key(data: bytes | memoryview) -> bytes:
+    return blake3.blake3(data).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRecord:
+    codec: str
+    dtype: DType
+    depth: int  # 0 for self-contained; 1 + max(base depths) for a delta
+    length: int
+    bases: tuple[tuple[bytes, DType], ...]
+    payload: memoryview
+
+    def to_bytes(self) -> bytes:
+        parts = [struct.pack("<BB", _VERSION, len(self.codec)), self.codec.encode(),
+                 struct.pack("<B", len(self.dtype.name)), self.dtype.name.encode(),
+                 struct.pack("<HQB", self.depth, self.length, len(self.bases))]
+        for key, dt in self.bases:
+            parts += [key, struct.pack("<B", len(dt.name)), dt.name.encode()]
+        parts.append(self.payload)
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | memoryview) -> ChunkRecord:
+        mv = memoryview(raw)
+        ver, n = struct.unpack_from("<BB", mv, 0)
+        if ver != _VERSION:
+            raise CorruptData(f"chunk record version {ver} unknown")
+        pos = 2
+        codec = bytes(mv[pos:pos + n]).decode()
+        pos += n
+        (n,) = struct.unpack_from("<B", mv, pos)
+        dt = DTYPES[bytes(mv[pos + 1:pos + 1 + n]).decode()]
+        pos += 1 + n
+        depth, length, nb = struct.unpack_from("<HQB", mv, pos)
+        pos += 11
+        bases = []
+        for _ in range(nb):
+            key = bytes(mv[pos:pos + KEY_LEN])
+            (n,) = struct.unpack_from("<B", mv, pos + KEY_LEN)
+            bases.append((key, DTYPES[bytes(mv[pos + KEY_LEN + 1:pos + KEY_LEN + 1 + n]).decode()]))
+            pos += KEY_LEN + 1 + n
+        return cls(codec, dt, depth, length, tuple(bases), mv[pos:])
+
+
+class Counters:
+    """Monotonic counts of decode work, so tests and `status` can see what a read cost."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.chunks_decoded = 0
+        self.bytes_decoded = 0
+        self.cache_hits = 0
+
+    def add_decode(self, nbytes: int) -> None:
+        with self._lock:
+            self.chunks_decoded += 1
+            self.bytes_decoded += nbytes
+
+    def add_hit(self) -> None:
+        with self._lock:
+            self.cache_hits += 1
+
+    def as_dict(self) -> dict[str, int]:
+        return {"chunks_decoded": self.chunks_decoded, "bytes_decoded": self.bytes_decoded,
+                "cache_hits": self.cache_hits}
+
+
+class ChunkCache:
+    """LRU of decoded chunks bounded by bytes; one decode per key even under concurrency."""
+
+    def __init__(self, store: Store, max_bytes: int, counters: Counters, verify: bool = False) -> None:
+        self._store = store
+        self._max = max_bytes
+        self._lru: OrderedDict[bytes, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+        self._inflight: dict[bytes, threading.Event] = {}
+        self.counters = counters
+        self.verify = verify
+
+    def peek(self, key: bytes) -> bytes | None:
+        with self._lock:
+            data = self._lru.get(key)
+            if data is not None:
+                self._lru.move_to_end(key)
+            return data
+
+    def _put(self, key: bytes, data: bytes) -> None:
+        if len(data) > self._max:
+            return
+        with self._lock:
+            if key in self._lru:
+                return
+            self._lru[key] = data
+            self._size += len(data)
+            while self._size > self._max:
+                _, old = self._lru.popitem(last=False)
+                self._size -= len(old)
+
+    def record(self, key: bytes, txn: ReadTxn | None = None) -> ChunkRecord:
+        if txn is None:
+            with self._store.read() as t:
+                raw = t.get("chunks", key)
+                raw = bytes(raw) if raw is not None else None
+        else:
+            raw = txn.get("chunks", key)
+        if raw is None:
+            raise NotFound(f"chunk {key.hex()} is missing from the store")
+        return ChunkRecord.from_bytes(raw)
+
+    def get(self, key: bytes) -> bytes:
+        """The decoded bytes of a chunk (blocking: may decode it and its bases)."""
+        while True:
+            data = self.peek(key)
+            if data is not None:
+                self.counters.add_hit()
+                return data
+            with self._lock:
+                ev = self._inflight.get(key)
+                if ev is None:
+                    ev = self._inflight[key] = threading.Event()
+                    mine = True
+                else:
+                    mine = False
+            if not mine:
+                ev.wait()
+                continue
+            try:
+                data = self.decode(key)
+                self._put(key, data)
+                return data
+            finally:
+                with self._lock:
+                    del self._inflight[key]
+                ev.set()
+
+    def decode(self, key: bytes, verify: bool | None = None) -> bytes:
+        rec = self.record(key)
+        bases = [self.get(bk) for bk, _ in rec.bases]
+        ctx = EncodeContext(rec.dtype, bases, [dt for _, dt in rec.bases])
+        data = get_codec(rec.codec).decode(rec.payload, rec.length, ctx)
+        if len(data) != rec.length:
+            raise CorruptData(f"chunk {key.hex()} decodes to {len(data)} bytes, expected {rec.length}")
+        if (self.verify if verify is None else verify) and chunk_key(data) != key:
+            raise CorruptData(f"chunk {key.hex()} does not match its blake3 (store damaged)")
+        self.counters.add_decode(len(data))
+        return data

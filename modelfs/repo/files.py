@@ -1,0 +1,163 @@
+"""File records (a file as inline bytes and chunked tensors) and ranged reads over them."""
+
+from __future__ import annotations
+
+import bisect
+import json
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from modelfs.dtypes import DTYPES, DType
+from modelfs.repo.chunks import ChunkCache
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInline:
+    offset: int
+    data: bytes
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTensor:
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+    chunk_bytes: int  # every chunk but the last holds exactly this many bytes
+    chunks: tuple[bytes, ...]
+
+    def chunk_span(self, i: int) -> tuple[int, int]:
+        """Byte range of chunk i inside the tensor."""
+        start = i * self.chunk_bytes
+        return start, min(start + self.chunk_bytes, self.nbytes)
+
+
+StoredPart = StoredInline | StoredTensor
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    format: str
+    size: int
+    key: bytes
+    parts: tuple[StoredPart, ...]
+
+    def tensors(self) -> Iterator[StoredTensor]:
+        return (p for p in self.parts if isinstance(p, StoredTensor))
+
+    def to_bytes(self) -> bytes:
+        meta: list[dict[str, object]] = []
+        blobs: list[bytes] = []
+        for p in self.parts:
+            if isinstance(p, StoredInline):
+                meta.append({"inline": len(p.data)})
+                blobs.append(p.data)
+            else:
+                meta.append({"name": p.name, "dtype": p.dtype.name, "shape": list(p.shape),
+                             "nbytes": p.nbytes, "chunk_bytes": p.chunk_bytes,
+                             "chunks": b"".join(p.chunks).hex()})
+        head = json.dumps({"format": self.format, "size": self.size, "key": self.key.hex(),
+                           "parts": meta}).encode()
+        return struct.pack("<I", len(head)) + head + b"".join(blobs)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | memoryview) -> FileRecord:
+        raw = bytes(raw)
+        (n,) = struct.unpack_from("<I", raw, 0)
+        d = json.loads(raw[4:4 + n])
+        pos = 4 + n
+        offset = 0
+        parts: list[StoredPart] = []
+        for m in d["parts"]:
+            if "inline" in m:
+                ln = m["inline"]
+                parts.append(StoredInline(offset, raw[pos:pos + ln]))
+                pos += ln
+                offset += ln
+            else:
+                keys = bytes.fromhex(m["chunks"])
+                chunks = tuple(keys[i:i + 32] for i in range(0, len(keys), 32))
+                parts.append(StoredTensor(m["name"], DTYPES[m["dtype"]], tuple(m["shape"]), offset,
+                                          m["nbytes"], m["chunk_bytes"], chunks))
+                offset += m["nbytes"]
+        return cls(d["format"], d["size"], bytes.fromhex(d["key"]), tuple(parts))
+
+
+class FileReader:
+    """Ranged reads of one stored file that decode only the chunks the range touches."""
+
+    def __init__(self, record: FileRecord, cache: ChunkCache) -> None:
+        self.record = record
+        self.size = record.size
+        self._cache = cache
+        self._starts = [p.offset for p in record.parts]
+
+    def _pieces(self, offset: int, size: int) -> Iterator[tuple[StoredPart, int, int, int]]:
+        """(part, chunk index or -1, start, end) pieces covering [offset, offset+size)."""
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return
+        i = max(bisect.bisect_right(self._starts, offset) - 1, 0)
+        pos = offset
+        parts = self.record.parts
+        while pos < end and i < len(parts):
+            p = parts[i]
+            p_end = p.offset + p.nbytes
+            if p_end <= pos:
+                i += 1
+                continue
+            if isinstance(p, StoredInline):
+                yield p, -1, pos - p.offset, min(end, p_end) - p.offset
+                pos = min(end, p_end)
+            else:
+                rel = pos - p.offset
+                c = rel // p.chunk_bytes
+                c_start, c_end = p.chunk_span(c)
+                stop = min(end - p.offset, c_end)
+                yield p, c, rel - c_start, stop - c_start
+                pos = p.offset + stop
+            if pos >= p_end:
+                i += 1
+
+    def chunk_keys(self, offset: int, size: int) -> list[bytes]:
+        return [p.chunks[c] for p, c, _, _ in self._pieces(offset, size) if isinstance(p, StoredTensor)]
+
+    def read(self, offset: int, size: int) -> bytes:
+        out = []
+        for p, c, a, b in self._pieces(offset, size):
+            if isinstance(p, StoredInline):
+                out.append(p.data[a:b])
+            else:
+                out.append(self._cache.get(p.chunks[c])[a:b])
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def read_cached(self, offset: int, size: int) -> bytes | None:
+        out = []
+        for p, c, a, b in self._pieces(offset, size):
+            if isinstance(p, StoredInline):
+                out.append(p.data[a:b])
+            else:
+                data = self._cache.peek(p.chunks[c])
+                if data is None:
+                    return None
+                out.append(data[a:b])
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def prefetch(self, offset: int, size: int) -> None:
+        for key in self.chunk_keys(offset, size):
+            self._cache.get(key)
+
+    def pieces(self) -> Iterator[tuple[bytes | None, bytes]]:
+        """The whole file in order: (chunk key, b"") for a chunk, (None, data) for inline bytes."""
+        for p in self.record.parts:
+            if isinstance(p, StoredInline):
+                yield None, p.data
+            else:
+                for k in p.chunks:
+                    yield k, b""

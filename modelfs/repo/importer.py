@@ -1,0 +1,241 @@
+"""Storing files: parse, cut tensors into chunks, delta-code them against parent tensors.
+
+Chunks are hashed and encoded in a thread pool (numpy, zstd and blake3 release the GIL),
+and written by the calling thread, since an LMDB write transaction belongs to one thread.
+A chunk already in the store costs nothing. Records written before a crash but not reached
+by any version are harmless garbage that `gc` removes; a version is recorded in one final
+transaction, so an import is all-or-nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import mmap
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import blake3
+
+from modelfs.codecs import choose_encoding
+from modelfs.dtypes import DType
+from modelfs.formats import InlinePart, TensorPart, parse_file
+from modelfs.lineage import FileEntry
+from modelfs.repo.chunks import ChunkCache, ChunkRecord, chunk_key
+from modelfs.repo.files import FileRecord, StoredInline, StoredTensor
+from modelfs.store import Store
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    chunk_elems: int = 1 << 19  # elements per chunk: 2 MiB of fp32, the same elements in fp16
+    blob_chunk_bytes: int = 1 << 21
+    max_chain: int = 8  # a self-contained chunk at least every this many delta levels
+
+
+@contextmanager
+def mapped(path: Path) -> Iterator[memoryview]:
+    """A read-only view of a whole file without reading it into memory."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            yield memoryview(b"")
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            mv = memoryview(mm)
+            try:
+                yield mv
+            finally:
+                mv.release()
+
+
+def file_blake3(path: Path) -> bytes:
+    with mapped(path) as mv:
+        return blake3.blake3(mv, max_threads=blake3.blake3.AUTO).digest()
+
+
+def _suffixes(name: str) -> Iterator[str]:
+    yield name
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        yield ".".join(parts[i:])
+
+
+@dataclass
+class ParentTensors:
+    """One parent version's tensors, found by name, by a dotted suffix (renamed heads), by path."""
+
+    by_name: dict[str, StoredTensor] = field(default_factory=dict)
+    by_suffix: dict[str, StoredTensor | None] = field(default_factory=dict)
+    blobs: dict[str, StoredTensor] = field(default_factory=dict)
+
+    def add(self, path: str, rec: FileRecord) -> None:
+        for t in rec.tensors():
+            if t.name == "":
+                self.blobs[path] = t
+                continue
+            self.by_name[t.name] = t
+            for s in _suffixes(t.name):
+                self.by_suffix[s] = None if s in self.by_suffix else t  # ambiguous -> None
+
+    def match(self, path: str, part: TensorPart) -> StoredTensor | None:
+        if part.name == "":
+            return self.blobs.get(path)
+        numel = math.prod(part.shape)
+        for s in _suffixes(part.name):
+            t = self.by_name.get(s) or self.by_suffix.get(s)
+            if t is not None and math.prod(t.shape) == numel:
+                return t
+        return None
+
+
+class Importer:
+    def __init__(self, store: Store, cache: ChunkCache, settings: StoreSettings,
+                 workers: int | None = None) -> None:
+        self.store = store
+        self.cache = cache
+        self.settings = settings
+        self.workers = workers or max(2, os.cpu_count() or 2)
+        self.warnings: list[str] = []
+        self.stored_bytes = 0  # payload bytes of new chunk records
+        self._seen: set[bytes] = set()
+
+    # -- per chunk work (worker threads) ----------------------------------------------
+    def _base_sets(self, bases: list[tuple[StoredTensor, int]], dt: DType
+                   ) -> tuple[list[tuple[list[bytes], list[DType]]], list[list[bytes]]]:
+        """Candidate base sets: an average of two parents first, then each parent alone."""
+        usable: list[tuple[bytes, DType]] = []
+        for t, i in bases:
+            key = t.chunks[i]
+            if self.cache.record(key).depth + 1 <= self.settings.max_chain:
+                usable.append((key, t.dtype))
+        sets: list[list[tuple[bytes, DType]]] = []
+        same = [u for u in usable if u[1].name == dt.name]
+        if len(same) >= 2 and same[0][0] != same[1][0]:
+            sets.append(same[:2])
+        sets += [[u] for u in usable]
+        return ([([self.cache.get(k) for k, _ in s], [d for _, d in s]) for s in sets],
+                [[k for k, _ in s] for s in sets])
+
+    def _encode_chunk(self, data: memoryview, dt: DType, bases: list[tuple[StoredTensor, int]]
+                      ) -> tuple[bytes, bytes | None, int]:
+        key = chunk_key(data)
+        with self.store.read() as txn:
+            if txn.get("chunks", key) is not None:
+                return key, None, 0
+        base_sets, base_keys = self._base_sets(bases, dt) if bases else ([], [])
+        enc = choose_encoding(bytes(data), dt, base_sets)
+        keys = base_keys[enc.base_set] if enc.base_set >= 0 else []
+        types = base_sets[enc.base_set][1] if enc.base_set >= 0 else []
+        depth = 0
+        if keys:
+            depth = 1 + max(self.cache.record(k).depth for k in keys)
+        rec = ChunkRecord(enc.codec_id, dt, depth, len(data), tuple(zip(keys, types, strict=True)),
+                          memoryview(enc.payload))
+        return key, rec.to_bytes(), len(enc.payload)
+
+    # -- per file ------------------------------------------------------------------------
+    def _chunk_jobs(self, path: str, mv: memoryview, layout_parts: Iterable[InlinePart | TensorPart],
+                    parents: list[ParentTensors]
+                    ) -> Iterator[tuple[int, memoryview, DType, list[tuple[StoredTensor, int]]]]:
+        """(part index, data, dtype, bases) for every chunk of every tensor part."""
+        for pi, part in enumerate(layout_parts):
+            if isinstance(part, InlinePart):
+                continue
+            cb = self._chunk_bytes(part)
+            matches = [m for m in (p.match(path, part) for p in parents) if m is not None]
+            for ci, start in enumerate(range(0, part.nbytes, cb)):
+                end = min(start + cb, part.nbytes)
+                bases = []
+                for m in matches:
+                    if (m.chunk_bytes // m.dtype.itemsize == cb // part.dtype.itemsize
+                            and ci < len(m.chunks)
+                            and (m.chunk_span(ci)[1] - m.chunk_span(ci)[0]) // m.dtype.itemsize
+                            == (end - start) // part.dtype.itemsize):
+                        bases.append((m, ci))
+                yield pi, mv[part.offset + start:part.offset + end], part.dtype, bases
+
+    def _chunk_bytes(self, part: TensorPart) -> int:
+        if part.name == "":
+            return self.settings.blob_chunk_bytes
+        return self.settings.chunk_elems * part.dtype.itemsize
+
+    def store_file(self, path: str, src: Path, parents: list[ParentTensors],
+                   pool: ThreadPoolExecutor, progress: Progress | None = None) -> tuple[FileEntry, FileRecord]:
+        """Store one file's chunks; return its entry and record (written by `commit`)."""
+        mode = os.stat(src).st_mode & 0o777
+        with mapped(src) as mv:
+            rec = self._store_buffer(path, mv, parents, pool, progress)
+        return FileEntry(rec.key, rec.size, rec.format, mode), rec
+
+    def _store_buffer(self, path: str, mv: memoryview, parents: list[ParentTensors],
+                      pool: ThreadPoolExecutor, progress: Progress | None) -> FileRecord:
+        fkey = blake3.blake3(mv, max_threads=blake3.blake3.AUTO).digest()
+        with self.store.read() as txn:
+            raw = txn.get("files", fkey)
+            if raw is not None:
+                if progress:
+                    progress(len(mv))
+                return FileRecord.from_bytes(raw)
+        layout, warning = parse_file(path, mv)
+        if warning:
+            log.warning(warning)
+            self.warnings.append(warning)
+        keys: dict[int, list[bytes]] = {i: [] for i in range(len(layout.parts))}
+        window: deque[tuple[int, Future[tuple[bytes, bytes | None, int]], int]] = deque()
+        batch: list[tuple[bytes, bytes]] = []
+        batch_bytes = 0
+
+        def drain(limit: int) -> None:
+            nonlocal batch_bytes
+            while len(window) > limit:
+                pi, fut, n = window.popleft()
+                key, rec, stored = fut.result()
+                keys[pi].append(key)
+                if rec is not None and key not in self._seen:
+                    self._seen.add(key)
+                    batch.append((key, rec))
+                    batch_bytes += len(rec)
+                    self.stored_bytes += stored
+                if batch_bytes >= 64 << 20:
+                    self._flush(batch)
+                    batch_bytes = 0
+                if progress:
+                    progress(n)
+
+        for pi, data, dt, bases in self._chunk_jobs(path, mv, layout.parts, parents):
+            window.append((pi, pool.submit(self._encode_chunk, data, dt, bases), len(data)))
+            drain(self.workers * 3)
+        drain(0)
+        self._flush(batch)
+        inline = sum(len(p.data) for p in layout.parts if isinstance(p, InlinePart))
+        if progress and inline:
+            progress(inline)
+        parts: list[StoredInline | StoredTensor] = []
+        for i, p in enumerate(layout.parts):
+            if isinstance(p, InlinePart):
+                parts.append(StoredInline(self._offset(layout.parts, i), p.data))
+            else:
+                parts.append(StoredTensor(p.name, p.dtype, p.shape, p.offset, p.nbytes,
+                                          self._chunk_bytes(p), tuple(keys[i])))
+        return FileRecord(layout.format, len(mv), fkey, tuple(parts))
+
+    @staticmethod
+    def _offset(parts: tuple[InlinePart | TensorPart, ...], i: int) -> int:
+        return sum(len(p.data) if isinstance(p, InlinePart) else p.nbytes for p in parts[:i])
+
+    def _flush(self, batch: list[tuple[bytes, bytes]]) -> None:
+        if not batch:
+            return
+        with self.store.write() as txn:
+            for key, rec in batch:
+                txn.put("chunks", key, rec, overwrite=False)
+        batch.clear()

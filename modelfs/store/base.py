@@ -1,0 +1,48 @@
+"""The store interface: named tables of bytes -> bytes, read and write transactions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+# Every table the upper layers use. Keys and values are opaque bytes here.
+TABLES: tuple[str, ...] = (
+    "meta",  # store-wide settings (format version, chunk sizes)
+    "chunks",  # blake3(decoded chunk) -> chunk record
+    "files",  # blake3(file) -> file record
+    "versions",  # version id -> version record
+    "models",  # model name -> model record (head, counters)
+    "vnums",  # model name + NUL + big-endian number -> version id
+    "children",  # parent version id + child version id -> b""
+    "tsig",  # tensor signature (name, dtype, shape) + version id -> b""  (parent inference)
+    "pending",  # staged-but-uncommitted work (mount snapshot-on-write)
+)
+
+
+class ReadTxn(Protocol):
+    def get(self, table: str, key: bytes) -> bytes | None: ...
+
+    def items(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]: ...
+
+    def keys(self, table: str, prefix: bytes = b"") -> Iterator[bytes]: ...
+
+
+class WriteTxn(ReadTxn, Protocol):
+    def put(self, table: str, key: bytes, value: bytes, overwrite: bool = True) -> bool: ...
+
+    def delete(self, table: str, key: bytes) -> bool: ...
+
+
+class Store(Protocol):
+    """A store is a set of tables; a write transaction is all-or-nothing."""
+
+    def read(self) -> AbstractContextManager[ReadTxn]: ...
+
+    def write(self) -> AbstractContextManager[WriteTxn]: ...
+
+    def stored_bytes(self) -> int:
+        """Bytes the store occupies (pages in use), for `du`."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,68 @@
+"""An in-memory twin of the LMDB store, for fast tests of the layers above."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from modelfs.store.base import TABLES
+
+
+class _MemTxn:
+    def __init__(self, tables: dict[str, dict[bytes, bytes]], writable: bool) -> None:
+        self._tables = tables
+        self._writable = writable
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        return self._tables[table].get(bytes(key))
+
+    def items(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        t = self._tables[table]
+        for k in sorted(t):
+            if k.startswith(prefix):
+                yield k, t[k]
+
+    def keys(self, table: str, prefix: bytes = b"") -> Iterator[bytes]:
+        for k, _ in self.items(table, prefix):
+            yield k
+
+    def put(self, table: str, key: bytes, value: bytes, overwrite: bool = True) -> bool:
+        assert self._writable
+        t = self._tables[table]
+        key = bytes(key)
+        if not overwrite and key in t:
+            return False
+        t[key] = bytes(value)
+        return True
+
+    def delete(self, table: str, key: bytes) -> bool:
+        assert self._writable
+        return self._tables[table].pop(bytes(key), None) is not None
+
+
+class MemoryStore:
+    """Copy-on-write transactions over dicts: a failed write transaction changes nothing."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, dict[bytes, bytes]] = {t: {} for t in TABLES}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def read(self) -> Iterator[_MemTxn]:
+        with self._lock:
+            snapshot = {t: dict(v) for t, v in self._tables.items()}
+        yield _MemTxn(snapshot, writable=False)
+
+    @contextmanager
+    def write(self) -> Iterator[_MemTxn]:
+        with self._lock:
+            work = {t: dict(v) for t, v in self._tables.items()}
+            yield _MemTxn(work, writable=True)
+            self._tables = work
+
+    def stored_bytes(self) -> int:
+        return sum(len(k) + len(v) for t in self._tables.values() for k, v in t.items())
+
+    def close(self) -> None:
+        pass
