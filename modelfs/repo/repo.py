@@ -288,11 +288,14 @@ class Repo:
             parent_tensors = self._parent_tensors(base_versions)
             entries: dict[str, FileEntry] = dict(keep or {})
             records: list[FileRecord] = []
-            with ThreadPoolExecutor(max_workers=importer.workers) as pool:
-                for path, src in sorted(files.items()):
-                    entry, rec = importer.store_file(path, src, parent_tensors, pool, progress)
-                    entries[path] = entry
-                    records.append(rec)
+            try:
+                with ThreadPoolExecutor(max_workers=importer.workers) as pool:
+                    for path, src in sorted(files.items()):
+                        entry, rec = importer.store_file(path, src, parent_tensors, pool, progress)
+                        entries[path] = entry
+                        records.append(rec)
+            finally:
+                importer.close()
             prov = dict(provenance or {})
             if inferred is not None:
                 prov["inferred_parent"] = inferred.ref

@@ -26,9 +26,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> list[lineage.LineageStep]
     except (ModuleNotFoundError, FileNotFoundError) as e:
         pytest.skip(str(e))
     out = tmp_path_factory.mktemp("lineage")
-    return lineage.build_lineage(
-        out, steps=2, kinds={"minilm-ft@1", "minilm-fp16", "lora"}, seed=0
-    )
+    return lineage.build_lineage(out, steps=2, kinds={"minilm-ft@1", "minilm-fp16", "lora"}, seed=0)
 
 
 def _by_ref(steps: list[lineage.LineageStep]) -> dict[str, lineage.LineageStep]:
@@ -113,9 +111,7 @@ def test_built_dir_loads_with_from_pretrained(built: list[lineage.LineageStep]) 
     assert torch.equal(model.encoder.layer[0].attention.self.query.weight, expected)
 
 
-def test_build_is_deterministic(
-    built: list[lineage.LineageStep], tmp_path: Path
-) -> None:
+def test_build_is_deterministic(built: list[lineage.LineageStep], tmp_path: Path) -> None:
     again = lineage.build_lineage(tmp_path / "again", steps=2, kinds={"minilm-ft@1"}, seed=0)
     first = _by_ref(built)["minilm-ft@1"].dir / "model.safetensors"
     second = _by_ref(again)["minilm-ft@1"].dir / "model.safetensors"

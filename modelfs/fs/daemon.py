@@ -1,0 +1,140 @@
+"""The mount daemon: ``python -m modelfs.fs.daemon --store S [--cache-mb N] MOUNTPOINT``.
+
+It always runs in the foreground; ``modelfs mount`` spawns it detached, with its output
+in a log file, so no process ever forks while holding the LMDB environment open.
+
+Stopping: ``fusermount3 -u`` (or ``modelfs umount``) ends it once the kernel lets go.
+SIGTERM, SIGINT or SIGHUP detach the mount at once (lazy unmount: no new opens) and keep
+serving files that are still open until they close, for at most ``--grace`` seconds; a
+second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from modelfs.errors import ModelfsError
+from modelfs.fs import control
+from modelfs.fs.ops import Operations
+from modelfs.repo import Repo
+
+log = logging.getLogger("modelfs.fs")
+
+READ_AHEAD_KB = 1024  # 1 MiB FUSE read requests instead of 128 KiB
+
+
+def mount_options() -> set[str]:
+    # no max_read=: pyfuse3 cannot set the matching conn.max_read, and libfuse refuses the mismatch
+    return set(pyfuse3.default_options) | {"fsname=modelfs", "subtype=modelfs"}
+
+
+async def _tune_readahead(ops: Operations, mountpoint: Path) -> None:
+    """Raise the mount's read-ahead to 1 MiB (root only, best effort).
+
+    Only after INIT: the kernel clamps read-ahead to what INIT negotiated. The INIT reply is
+    written before ``init()``'s caller yields to trio, so the next checkpoint is late enough.
+    """
+    await ops.initialized.wait()
+    await trio.sleep(0.01)
+    m = control.find_mount(mountpoint)
+    if m is None:
+        return
+    path = Path("/sys/class/bdi") / m.dev / "read_ahead_kb"
+    try:
+        path.write_text(str(READ_AHEAD_KB))
+        log.info("read-ahead of %s set to %s KiB", mountpoint, path.read_text().strip())
+    except OSError as e:
+        log.info("could not raise %s (%s): reads stay at the kernel default", path, e.strerror)
+
+
+async def _unmount_lazily(mountpoint: Path) -> bool:
+    r = await trio.run_process(["fusermount3", "-u", "-z", str(mountpoint)], check=False,
+                               capture_stdout=True, capture_stderr=True)
+    if r.returncode != 0:
+        log.warning("fusermount3 -u -z %s: %s", mountpoint, r.stderr.decode(errors="replace").strip())
+    return r.returncode == 0
+
+
+async def _handle_signals(mountpoint: Path, grace: float, nursery: trio.Nursery) -> None:
+    async def deadline() -> None:
+        await trio.sleep(grace)
+        log.warning("files still open after %.0fs; stopping now", grace)
+        pyfuse3.terminate()
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        seen = 0
+        async for signum in signals:
+            seen += 1
+            name = signal.Signals(signum).name
+            if seen == 1:
+                log.info("%s: detaching %s; open files are served until closed", name, mountpoint)
+                if await _unmount_lazily(mountpoint):
+                    nursery.start_soon(deadline)
+                    continue
+            log.info("%s: stopping now", name)
+            pyfuse3.terminate()
+
+
+async def _run(ops: Operations, mountpoint: Path, grace: float) -> None:
+    async with trio.open_nursery() as nursery:
+        ops.nursery = nursery
+        nursery.start_soon(_handle_signals, mountpoint, grace, nursery)
+        nursery.start_soon(ops.watch_repo)
+        nursery.start_soon(_tune_readahead, ops, mountpoint)
+        await pyfuse3.main()  # returns once the kernel drops the connection (unmounted)
+        nursery.cancel_scope.cancel()
+
+
+def serve(store: Path, mountpoint: Path, cache_mb: int = 512, grace: float = 30.0) -> None:
+    """Mount ``store`` at ``mountpoint`` and serve until unmounted or signalled."""
+    mnt = control.check_mountpoint(mountpoint)
+    repo = Repo.open(store, cache_bytes=cache_mb << 20)
+    try:
+        ops = Operations(repo, store_label=str(store))
+        try:
+            pyfuse3.init(ops, str(mnt), mount_options())
+        except RuntimeError as e:
+            raise ModelfsError(f"mounting {mnt} failed ({e}); see the messages above") from None
+        log.info("mounted %s at %s (pid %d, cache %d MiB)", store, mnt, os.getpid(), cache_mb)
+        try:
+            trio.run(_run, ops, mnt, grace)
+        except BaseException:
+            pyfuse3.close(unmount=True)
+            raise
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %s; %s", mnt, json.dumps(ops.counters(), sort_keys=True))
+    finally:
+        repo.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m modelfs.fs.daemon",
+                                 description="Serve a modelfs store as a FUSE mount.")
+    ap.add_argument("--store", required=True, type=Path)
+    ap.add_argument("--cache-mb", type=int, default=512, help="decoded-chunk cache (MiB)")
+    ap.add_argument("--grace", type=float, default=30.0,
+                    help="seconds open files are served after SIGTERM/SIGINT")
+    ap.add_argument("--debug", action="store_true")
+    ap.add_argument("mountpoint", type=Path)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        serve(args.store, args.mountpoint, args.cache_mb, args.grace)
+    except ModelfsError as e:
+        print(f"modelfs mount: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

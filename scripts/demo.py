@@ -1,0 +1,97 @@
+"""The main job: a real model's lineage built by CPU training, imported, mounted and used.
+
+Run through `bash scripts/demo.sh` (which installs everything first). Every step uses the
+real `modelfs` command line, as a user would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import blake3
+
+BIN = Path(sys.executable).parent / "modelfs"
+
+
+def run(*args: str, env: dict[str, str]) -> str:
+    print(f"\n$ modelfs {' '.join(args)}", flush=True)
+    out = subprocess.run([str(BIN), *args], env=env, check=True, capture_output=True, text=True)
+    sys.stdout.write(out.stdout)
+    sys.stderr.write(out.stderr)
+    return out.stdout
+
+
+def sh(cmd: str) -> None:
+    print(f"\n$ {cmd}", flush=True)
+    subprocess.run(cmd, shell=True, check=True)
+
+
+def file_hash(p: Path) -> str:
+    return blake3.blake3(p.read_bytes()).hexdigest()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--workdir", type=Path, help="where to build (default: a new temp dir)")
+    ap.add_argument("--no-mount", action="store_true", help="skip the mounted part")
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="modelfs-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    store = work / "store"
+    env = {**os.environ, "MODELFS_STORE": str(store), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+    from modelfs.demo.lineage import build_lineage
+
+    print(f"== building a lineage of all-MiniLM-L6-v2 by real CPU training in {work}/lineage")
+    t = time.time()
+    steps = build_lineage(work / "lineage")
+    print(f"   {len(steps)} versions in {time.time() - t:.0f} s")
+
+    if store.exists():
+        shutil.rmtree(store)
+    run("init", env=env)
+    for s in steps:
+        extra = [a for p in s.parents for a in ("--parent", p)]
+        run("import", str(s.dir), "--model", s.model, "--how", s.how, "-m", f"demo: {s.how}", *extra, env=env)
+    run("lineage", env=env)
+    run("du", env=env)
+    run("log", "minilm-ft", env=env)
+
+    if args.no_mount:
+        return 0
+    mnt = work / "mnt"
+    mnt.mkdir(exist_ok=True)
+    run("mount", str(mnt), env=env)
+    try:
+        sh(f"ls -l {mnt}")
+        sh(f"ls -l {mnt}/minilm-ft@1")
+        sh(f"cat {mnt}/minilm-ft/config.json | head -5")
+        first = next(s for s in steps if s.model == "minilm-ft")
+        for name in ("model.safetensors", "config.json"):
+            a, b = file_hash(first.dir / name), file_hash(mnt / "minilm-ft@1" / name)
+            print(f"blake3 {name}: original {a[:16]} mounted {b[:16]} {'equal' if a == b else 'DIFFERENT'}")
+            if a != b:
+                return 1
+        code = (
+            "import torch, transformers as T;"
+            f"tok=T.AutoTokenizer.from_pretrained('{mnt}/minilm-ft');"
+            f"m=T.AutoModel.from_pretrained('{mnt}/minilm-ft');"
+            "x=tok(['modelfs mounts every version'],return_tensors='pt');"
+            "print('embedding from the mounted head:', m(**x).last_hidden_state.mean(1)[0,:4])"
+        )
+        sh(f"{sys.executable} -c \"{code}\"")
+    finally:
+        run("umount", str(mnt), env=env)
+    print(f"\ndemo done; store and lineage in {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
