@@ -264,6 +264,48 @@ def gc(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
                    f"({human_bytes(r['bytes_freed'])})")
 
 
+@cli.command()
+@click.argument("parent")
+@click.argument("new")
+@click.option("--how", default="derive", help="How NEW is derived from PARENT (finetune, lora, ...).")
+@click.pass_context
+def derive(ctx: click.Context, parent: str, new: str, how: str) -> None:
+    """Start model NEW from PARENT[@N]: its directory in the mount shows PARENT's files at once."""
+    with _repo(ctx) as repo:
+        p = repo.drafts().derive(parent, new, how=how)
+    click.echo(f"{new} derived from {p.ref}; write into <mount>/{new}/ and it commits as {new}@1")
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("-m", "--message", default="", help="Message recorded with the version.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def commit(ctx: click.Context, model: str | None, message: str, as_json: bool) -> None:
+    """Commit MODEL's pending changes (files closed in the mount) now; without MODEL, list drafts."""
+    with _repo(ctx) as repo:
+        drafts = repo.drafts()
+        if model is None:
+            rows = []
+            for name in drafts.models():
+                d = drafts.get(name)
+                rows.append({"model": name, "changes": {p: (e.blake3_hex if e else None)
+                                                        for p, e in (d.changes.items() if d else [])}})
+            if as_json:
+                click.echo(json.dumps(rows, indent=1))
+            for r in [] if as_json else rows:
+                click.echo(f"{r['model']}: {len(r['changes'])} pending changes")
+            if not rows and not as_json:
+                click.echo("nothing pending")
+            return
+        repo.model(model) if drafts.get(model) is None else None
+        v = drafts.commit(model, message=message)
+    if as_json:
+        click.echo(json.dumps({"committed": v.ref if v else None, "id": v.id if v else None}))
+    else:
+        click.echo(f"committed {v.ref} ({v.id})" if v else f"{model}: nothing to commit")
+
+
 def _register_plugins() -> None:
     """Commands from other front ends (the mount) live in their own modules."""
     try:

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 import blake3
 
 from modelfs.errors import ModelfsError
+from modelfs.lineage import FileEntry
 from modelfs.repo.chunks import ChunkRecord, chunk_key
+from modelfs.repo.drafts import Draft
 from modelfs.repo.files import FileRecord
 
 if TYPE_CHECKING:
@@ -50,13 +52,18 @@ class Maintenance:
         chunks: set[bytes] = set()
         missing: list[str] = []
         with repo.store.read() as txn:
-            for v in repo.graph.all_versions(txn):
-                for path, e in v.files.items():
+            pending = repo.drafts()
+            sources: list[tuple[str, dict[str, FileEntry]]] = [
+                (v.ref, dict(v.files)) for v in repo.graph.all_versions(txn)]
+            sources += [(f"draft {m}", {p: e for p, e in (pending._draft(txn, m) or Draft(m)).changes.items() if e})
+                        for m in pending.models()]
+            for ref, entries in sources:
+                for path, e in entries.items():
                     if e.key in files:
                         continue
                     raw = txn.get("files", e.key)
                     if raw is None:
-                        missing.append(f"{v.ref}: file record for {path} is missing")
+                        missing.append(f"{ref}: file record for {path} is missing")
                         continue
                     files.add(e.key)
                     for t in FileRecord.from_bytes(raw).tensors():
@@ -67,7 +74,7 @@ class Maintenance:
                                 continue
                             craw = txn.get("chunks", k)
                             if craw is None:
-                                missing.append(f"{v.ref}:{path}: chunk {k.hex()} is missing")
+                                missing.append(f"{ref}:{path}: chunk {k.hex()} is missing")
                                 continue
                             chunks.add(k)
                             stack += [b for b, _ in ChunkRecord.from_bytes(craw).bases]
@@ -153,7 +160,6 @@ class Maintenance:
                 h = blake3.blake3()
                 rec = repo.file_record(key)
                 try:
-                    from modelfs.lineage import FileEntry
                     for data in repo.iter_file(FileEntry(key, rec.size, rec.format), pool):
                         h.update(data)
                 except ModelfsError as e:

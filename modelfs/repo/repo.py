@@ -310,22 +310,29 @@ class Repo:
                         derived: list[str], how: str | None, message: str,
                         provenance: Mapping[str, Any]) -> Version:
         with self.store.write() as txn:
-            info = self.graph.model(txn, model)
-            number = (info.count if info else 0) + 1
-            previous = info.head if info else None
-            now = time.time()
-            ident = blake3.blake3(json.dumps(
-                [model, number, previous, derived, now, message, how,
-                 {p: e.key.hex() for p, e in sorted(entries.items())}]).encode()).hexdigest()[:20]
-            v = Version(ident, model, number, previous, tuple(dict.fromkeys(derived)), how, message, now,
-                        MappingProxyType(dict(entries)), MappingProxyType(dict(provenance)))
-            for rec in records:
-                txn.put("files", rec.key, rec.to_bytes(), overwrite=False)
-            self._index_signatures(txn, v, records)
-            self.graph.add_version(txn, v)
-            raw = txn.get("meta", _DATA_VERSION_KEY)
-            txn.put("meta", _DATA_VERSION_KEY, str((int(raw) if raw else 0) + 1).encode())
+            v = self._record_version_in(txn, model, entries, records, derived, how, message, provenance)
         log.info("committed %s (%s)", v.ref, v.id)
+        return v
+
+    def _record_version_in(self, txn: WriteTxn, model: str, entries: Mapping[str, FileEntry],
+                           records: list[FileRecord], derived: list[str], how: str | None,
+                           message: str, provenance: Mapping[str, Any]) -> Version:
+        """Write a version, its file records, its index entries and the new head, in `txn`."""
+        info = self.graph.model(txn, model)
+        number = (info.count if info else 0) + 1
+        previous = info.head if info else None
+        now = time.time()
+        ident = blake3.blake3(json.dumps(
+            [model, number, previous, derived, now, message, how,
+             {p: e.key.hex() for p, e in sorted(entries.items())}]).encode()).hexdigest()[:20]
+        v = Version(ident, model, number, previous, tuple(dict.fromkeys(derived)), how, message, now,
+                    MappingProxyType(dict(entries)), MappingProxyType(dict(provenance)))
+        for rec in records:
+            txn.put("files", rec.key, rec.to_bytes(), overwrite=False)
+        self._index_signatures(txn, v, records)
+        self.graph.add_version(txn, v)
+        raw = txn.get("meta", _DATA_VERSION_KEY)
+        txn.put("meta", _DATA_VERSION_KEY, str((int(raw) if raw else 0) + 1).encode())
         return v
 
     def _index_signatures(self, txn: WriteTxn, v: Version, records: list[FileRecord]) -> None:
@@ -385,10 +392,15 @@ class Repo:
                 total += len(raw) if raw else 0
         return total
 
+    def drafts(self) -> Drafts:
+        from modelfs.repo.drafts import Drafts
+        return Drafts(self)
+
     def maintenance(self) -> Maintenance:
         from modelfs.repo.maintenance import Maintenance
         return Maintenance(self)
 
 
 
-from modelfs.repo.maintenance import Maintenance  # noqa: E402  (imports Repo lazily)
+from modelfs.repo.drafts import Drafts  # noqa: E402  (they import Repo lazily)
+from modelfs.repo.maintenance import Maintenance  # noqa: E402

@@ -1,0 +1,217 @@
+"""Drafts: changes staged for a model's next version (snapshot-on-write through the mount).
+
+A closed file is stored at once (chunks delta-coded against the parent, file record written)
+and recorded as a pending change in the same LMDB transaction, so it survives a crash of
+the daemon before the version commits. Committing a draft turns every pending change of a
+model into one version and clears them in one transaction. Pending file records count as
+reachable for gc and fsck.
+
+Pending keys: ``model NUL "m"`` -> draft metadata (parents of a new model, how), and
+``model NUL "f" NUL path`` -> the file entry, or a removal marker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelfs.errors import Conflict, NotFound
+from modelfs.lineage import FileEntry, Version
+from modelfs.names import check_file_path, check_model_name
+from modelfs.repo.importer import Importer
+from modelfs.store import ReadTxn
+
+if TYPE_CHECKING:
+    from modelfs.repo.repo import Repo
+
+log = logging.getLogger(__name__)
+
+
+def _meta_key(model: str) -> bytes:
+    return model.encode() + b"\0m"
+
+
+def _file_key(model: str, path: str) -> bytes:
+    return model.encode() + b"\0f\0" + path.encode()
+
+
+@dataclass
+class Draft:
+    model: str
+    derived_from: tuple[str, ...] = ()
+    how: str | None = None
+    inferred: bool = False
+    changes: dict[str, FileEntry | None] = field(default_factory=dict)  # None: removed
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+
+class Drafts:
+    def __init__(self, repo: Repo) -> None:
+        self.repo = repo
+
+    # -- reading ---------------------------------------------------------------------------
+    def _draft(self, txn: ReadTxn, model: str) -> Draft | None:
+        meta = txn.get("pending", _meta_key(model))
+        prefix = model.encode() + b"\0f\0"
+        changes: dict[str, FileEntry | None] = {}
+        for k, v in txn.items("pending", prefix):
+            d = json.loads(v)
+            changes[k[len(prefix):].decode()] = None if d.get("removed") else FileEntry.from_json(d)
+        if meta is None and not changes:
+            return None
+        m = json.loads(meta) if meta else {}
+        return Draft(model, tuple(m.get("derived_from", ())), m.get("how"), m.get("inferred", False), changes)
+
+    def get(self, model: str) -> Draft | None:
+        with self.repo.store.read() as txn:
+            return self._draft(txn, model)
+
+    def models(self) -> list[str]:
+        """Models with a draft (pending changes or a derive not yet committed)."""
+        names: set[str] = set()
+        with self.repo.store.read() as txn:
+            for k in txn.keys("pending"):
+                names.add(k.split(b"\0", 1)[0].decode())
+        return sorted(names)
+
+    def view(self, model: str) -> dict[str, FileEntry]:
+        """The files the model's directory shows now: its head (or derive parent) plus the draft."""
+        with self.repo.store.read() as txn:
+            return self._view(txn, model)
+
+    def _view(self, txn: ReadTxn, model: str) -> dict[str, FileEntry]:
+        graph = self.repo.graph
+        info = graph.model(txn, model)
+        draft = self._draft(txn, model)
+        files: dict[str, FileEntry] = {}
+        if info is not None and info.head:
+            files.update(graph.version(txn, info.head).files)
+        elif draft is not None and draft.derived_from and draft.how == "derive":
+            files.update(graph.version(txn, draft.derived_from[0]).files)
+        if draft is not None:
+            for path, entry in draft.changes.items():
+                if entry is None:
+                    files.pop(path, None)
+                else:
+                    files[path] = entry
+        return files
+
+    # -- staging ---------------------------------------------------------------------------
+    def derive(self, parent_ref: str, model: str, how: str = "derive") -> Version:
+        """Start a new model from a parent; its directory shows the parent's files at once."""
+        check_model_name(model)
+        parent = self.repo.resolve(parent_ref)
+        with self.repo.store.write() as txn:
+            if self.repo.graph.model(txn, model) is not None or txn.get("pending", _meta_key(model)):
+                raise Conflict(f"model {model!r} already exists")
+            txn.put("pending", _meta_key(model), json.dumps(
+                {"derived_from": [parent.id], "how": how}).encode())
+        return parent
+
+    def _bases(self, model: str, path: str, src: Path) -> tuple[list[Version], Draft | None]:
+        with self.repo.store.read() as txn:
+            info = self.repo.graph.model(txn, model)
+            draft = self._draft(txn, model)
+            if info is not None and info.head:
+                return [self.repo.graph.version(txn, info.head)], draft
+            if draft is not None and draft.derived_from:
+                return [self.repo.graph.version(txn, v) for v in draft.derived_from], draft
+        return [], draft
+
+    def stage_file(self, model: str, path: str, src: Path) -> FileEntry:
+        """Store a closed file as a pending change of `model` (durable when this returns)."""
+        check_model_name(model)
+        check_file_path(path)
+        with self.repo._writer_lock():
+            return self._stage_file(model, path, src)
+
+    def _stage_file(self, model: str, path: str, src: Path) -> FileEntry:
+        bases, draft = self._bases(model, path, src)
+        inferred: Version | None = None
+        if not bases:
+            inferred = self.repo.infer_parent({path: src})
+            bases = [inferred] if inferred else []
+        importer = Importer(self.repo.store, self.repo.cache, self.repo.settings)
+        try:
+            with ThreadPoolExecutor(max_workers=importer.workers) as pool:
+                entry, rec = importer.store_file(path, src, self.repo._parent_tensors(bases), pool)
+        finally:
+            importer.close()
+        for w in importer.warnings:
+            log.warning("%s: %s", model, w)
+        with self.repo.store.write() as txn:
+            txn.put("files", rec.key, rec.to_bytes(), overwrite=False)
+            txn.put("pending", _file_key(model, path), json.dumps(entry.to_json()).encode())
+            if inferred is not None and txn.get("pending", _meta_key(model)) is None:
+                log.info("%s: parent inferred from tensor overlap: %s", model, inferred.ref)
+                txn.put("pending", _meta_key(model), json.dumps(
+                    {"derived_from": [inferred.id], "how": None, "inferred": True}).encode())
+        return entry
+
+    def stage_remove(self, model: str, path: str) -> None:
+        with self.repo.store.write() as txn:
+            if path not in self._view(txn, model):
+                raise NotFound(f"{model}/{path} does not exist")
+            txn.put("pending", _file_key(model, path), b'{"removed": true}')
+
+    def stage_rename(self, model: str, old: str, new: str) -> None:
+        """Move a file within a model's draft; no data is copied or re-encoded."""
+        check_file_path(new)
+        with self.repo.store.write() as txn:
+            files = self._view(txn, model)
+            if old not in files:
+                raise NotFound(f"{model}/{old} does not exist")
+            txn.put("pending", _file_key(model, new), json.dumps(files[old].to_json()).encode())
+            txn.put("pending", _file_key(model, old), b'{"removed": true}')
+
+    def stage_entry(self, model: str, path: str, entry: FileEntry) -> None:
+        """Record an already stored file (e.g. a chmod or a copy of a file of another version)."""
+        check_file_path(path)
+        with self.repo.store.write() as txn:
+            if txn.get("files", entry.key) is None:
+                raise NotFound(f"file {entry.blake3_hex} is not in the store")
+            txn.put("pending", _file_key(model, path), json.dumps(entry.to_json()).encode())
+
+    def discard(self, model: str) -> None:
+        with self.repo.store.write() as txn:
+            for k in list(txn.keys("pending", model.encode() + b"\0")):
+                txn.delete("pending", k)
+
+    # -- committing ------------------------------------------------------------------------
+    def commit(self, model: str, message: str = "", how: str | None = None,
+               provenance: Mapping[str, Any] | None = None) -> Version | None:
+        """Turn the model's draft into one version (None when it changes nothing), atomically."""
+        repo = self.repo
+        with repo.store.write() as txn:
+            draft = self._draft(txn, model)
+            if draft is None:
+                return None
+            info = repo.graph.model(txn, model)
+            files = self._view(txn, model)
+            head_files = dict(repo.graph.version(txn, info.head).files) if info and info.head else None
+            for k in list(txn.keys("pending", model.encode() + b"\0")):
+                txn.delete("pending", k)
+            if head_files is not None and head_files == files:
+                return None  # identical bytes rewritten: costs nothing, no new version
+            if head_files is None and not files:
+                return None
+            derived = list(draft.derived_from) if head_files is None else []
+            for path, e in files.items():
+                if txn.get("files", e.key) is None:
+                    raise NotFound(f"pending file {path} ({e.blake3_hex}) is missing from the store")
+            prov = dict(provenance or {})
+            if draft.inferred and derived:
+                prov["inferred_parent"] = repo.graph.version(txn, derived[0]).ref
+            if how is None:
+                how = draft.how if head_files is None else "snapshot"
+            v = repo._record_version_in(txn, model, files, [], derived, how, message, prov)
+        log.info("committed %s (%s) from %d pending changes", v.ref, v.id, len(draft.changes))
+        return v
