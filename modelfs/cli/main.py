@@ -298,7 +298,8 @@ def commit(ctx: click.Context, model: str | None, message: str, as_json: bool) -
             if not rows and not as_json:
                 click.echo("nothing pending")
             return
-        repo.model(model) if drafts.get(model) is None else None
+        if drafts.get(model) is None:
+            repo.model(model)  # raises NotFound for an unknown model
         v = drafts.commit(model, message=message)
     if as_json:
         click.echo(json.dumps({"committed": v.ref if v else None, "id": v.id if v else None}))

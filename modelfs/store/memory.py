@@ -42,21 +42,23 @@ class _MemTxn:
 
 
 class MemoryStore:
-    """Copy-on-write transactions over dicts: a failed write transaction changes nothing."""
+    """Copy-on-write transactions over dicts: a failed write transaction changes nothing.
+
+    Committed tables are never mutated (a writer works on a copy and swaps it in), so a
+    reader takes the current tables as its snapshot and never waits for a writer, as in LMDB.
+    """
 
     def __init__(self) -> None:
         self._tables: dict[str, dict[bytes, bytes]] = {t: {} for t in TABLES}
-        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
 
     @contextmanager
     def read(self) -> Iterator[_MemTxn]:
-        with self._lock:
-            snapshot = {t: dict(v) for t, v in self._tables.items()}
-        yield _MemTxn(snapshot, writable=False)
+        yield _MemTxn(self._tables, writable=False)
 
     @contextmanager
     def write(self) -> Iterator[_MemTxn]:
-        with self._lock:
+        with self._write_lock:
             work = {t: dict(v) for t, v in self._tables.items()}
             yield _MemTxn(work, writable=True)
             self._tables = work
