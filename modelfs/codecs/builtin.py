@@ -97,14 +97,40 @@ def _predict_avg(ctx: EncodeContext) -> bytes | np.ndarray:
     return ((a + b) / 2).to(tdt).view(torch.uint8).numpy()
 
 
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+_INT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
+
+
+def zigzag_diff(data: bytes | np.ndarray, pred: bytes | np.ndarray, itemsize: int) -> np.ndarray:
+    """(data - pred) on the bit patterns as wrapping integers, zigzagged: small changes, small codes.
+
+    A fine-tuning step moves most weights by a few units in the last place; the integer
+    difference keeps that small where XOR spreads it over every bit a carry touched.
+    """
+    it = _INT[itemsize]
+    d = np.frombuffer(data, dtype=it) - np.frombuffer(pred, dtype=it)
+    return ((d << 1) ^ (d >> (8 * itemsize - 1))).view(_UINT[itemsize])
+
+
+def zigzag_undiff(codes: bytes, pred: bytes | np.ndarray, itemsize: int) -> bytes:
+    z = np.frombuffer(codes, dtype=_UINT[itemsize])
+    d = ((z >> 1) ^ (-(z & 1).astype(_INT[itemsize])).view(_UINT[itemsize])).view(_INT[itemsize])
+    return (np.frombuffer(pred, dtype=_INT[itemsize]) + d).tobytes()
+
+
 @dataclass(frozen=True)
 class PredictXorCodec:
-    """Payload = planes(data XOR prediction); decode recomputes the same prediction."""
+    """Payload = planes(residual of data against a prediction); decode recomputes the prediction.
+
+    The residual is XOR of the bit patterns, or with ``residual="sub"`` the zigzagged
+    integer difference (needs whole elements of 1, 2, 4 or 8 bytes).
+    """
 
     id: str
     n_bases: int
     predict: Callable[[EncodeContext], bytes | np.ndarray]
     needs_cast: bool = False
+    residual: str = "xor"
 
     def applies(self, ctx: EncodeContext) -> bool:
         if len(ctx.bases) != self.n_bases:
@@ -121,15 +147,19 @@ class PredictXorCodec:
 
     def encode(self, data: bytes, ctx: EncodeContext) -> bytes | None:
         pred = self.predict(ctx)
+        isz = ctx.dtype.itemsize
         if len(pred) != len(data):
             return None
-        return encode_planes(xor_bytes(data, pred), ctx.dtype.itemsize)
+        if self.residual == "sub":
+            if len(data) % isz or isz not in _INT:
+                return None
+            return encode_planes(zigzag_diff(data, pred, isz), isz)
+        return encode_planes(xor_bytes(data, pred), isz)
 
     def decode(self, payload: memoryview, length: int, ctx: EncodeContext) -> bytes:
+        if self.residual == "sub":
+            return zigzag_undiff(decode_planes(payload, length), self.predict(ctx), ctx.dtype.itemsize)
         return xor_bytes(decode_planes(payload, length), self.predict(ctx)).tobytes()
-
-
-_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 @dataclass(frozen=True)
@@ -177,11 +207,15 @@ RAW = register_codec(RawCodec())
 ZSTD = register_codec(ZstdCodec())
 PLANES = register_codec(PlanesCodec())
 XOR = register_codec(PredictXorCodec("xor", 1, _predict_same))
+SUB = register_codec(PredictXorCodec("sub", 1, _predict_same, residual="sub"))
 CAST = register_codec(PredictXorCodec("cast", 1, _predict_cast, needs_cast=True))
 AVG = register_codec(PredictXorCodec("avg", 2, _predict_avg))
 PRUNE = register_codec(PruneCodec())
 
-_DELTA_CODECS = (XOR, CAST, PRUNE, AVG)
+def _delta_codecs(dtype: DType) -> tuple[PredictXorCodec | PruneCodec, ...]:
+    """Float weights move by small integer steps of their bit patterns: `sub` beats `xor` there."""
+    same = SUB if dtype.is_float and dtype.itemsize in _INT else XOR
+    return (same, CAST, PRUNE, AVG)
 _GOOD_ENOUGH = 1 / 64  # a payload this small cannot usefully be beaten
 
 
@@ -203,7 +237,7 @@ def choose_encoding(data: bytes, dtype: DType,
     best = Encoding("raw", bytes(data), -1)
     for i, (bases, btypes) in enumerate(base_sets):
         ctx = EncodeContext(dtype, bases, btypes)
-        for codec in _DELTA_CODECS:
+        for codec in _delta_codecs(dtype):
             if not codec.applies(ctx):
                 continue
             payload = codec.encode(data, ctx)
