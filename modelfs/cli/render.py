@@ -56,3 +56,51 @@ def lineage_dot(versions: Iterable[Version]) -> str:
             out.append(f'  "{p}" -> "{v.id}" [label="{v.how or "derived"}"];')
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _esc(s: str) -> str:
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def lineage_svg(versions: Iterable[Version]) -> str:
+    """A layered picture of the graph with no external tool: one row per generation.
+
+    Solid arrows are provenance edges, dashed ones versioning edges; each box says how.
+    """
+    vs = sorted(versions, key=lambda v: v.time)
+    ids = {v.id for v in vs}
+    depth: dict[str, int] = {}
+    for v in vs:  # parents are always older, so one pass in time order suffices
+        depth[v.id] = 1 + max((depth[p] for p in v.parents if p in ids), default=-1)
+    rows: dict[int, list[Version]] = {}
+    for v in vs:
+        rows.setdefault(depth[v.id], []).append(v)
+    box_w, box_h, gap_x, gap_y = 220, 44, 24, 60
+    width = max((len(r) for r in rows.values()), default=1) * (box_w + gap_x) + gap_x
+    height = len(rows) * (box_h + gap_y) + gap_y
+    pos: dict[str, tuple[int, int]] = {}
+    for d, row in rows.items():
+        offset = (width - len(row) * (box_w + gap_x) + gap_x) // 2
+        for i, v in enumerate(row):
+            pos[v.id] = (offset + i * (box_w + gap_x), gap_y // 2 + d * (box_h + gap_y))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="monospace" font-size="12">',
+           '<defs><marker id="a" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+           'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#444"/></marker></defs>',
+           '<rect width="100%" height="100%" fill="white"/>']
+    for v in vs:
+        x2, y2 = pos[v.id]
+        for p in v.parents:
+            if p not in pos:
+                continue
+            x1, y1 = pos[p]
+            dash = ' stroke-dasharray="5,4"' if p == v.previous else ""
+            ax, ay, bx, by = x1 + box_w // 2, y1 + box_h, x2 + box_w // 2, y2
+            out.append(f'<line x1="{ax}" y1="{ay}" x2="{bx}" y2="{by}" stroke="#444"{dash} marker-end="url(#a)"/>')
+    for v in vs:
+        x, y = pos[v.id]
+        out.append(f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="6" fill="#eef4ff" stroke="#335"/>')
+        out.append(f'<text x="{x + 8}" y="{y + 18}" font-weight="bold">{_esc(v.ref)}</text>')
+        out.append(f'<text x="{x + 8}" y="{y + 35}" fill="#555">{v.id[:10]} {_esc(v.how or "")}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"

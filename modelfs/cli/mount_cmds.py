@@ -1,0 +1,70 @@
+"""`modelfs mount` and `modelfs umount`.
+
+The mount runs as a detached daemon (``python -m modelfs.fs.daemon``) with a log file in the
+store, or in this process with ``--foreground``. Neither pyfuse3 nor trio is imported here:
+the foreground path imports the daemon module only when it is used.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from modelfs.errors import ModelfsError
+from modelfs.fs import control
+from modelfs.repo import Repo
+
+
+def _check_store(store: Path) -> None:
+    """Fail here, with the store's own message, rather than in a detached daemon."""
+    Repo.open(store).close()
+
+
+@click.command("mount")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("-f", "--foreground", is_flag=True,
+              help="Stay attached and log to stderr; Ctrl-C unmounts.")
+@click.option("--cache-mb", type=click.IntRange(min=16), default=512, show_default=True,
+              help="Memory for decoded chunks.")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for the mount to come up.")
+@click.pass_context
+def mount_command(ctx: click.Context, mountpoint: Path, foreground: bool, cache_mb: int,
+                  timeout: float) -> None:
+    """Mount the store at MOUNTPOINT (an empty directory).
+
+    MOUNTPOINT/<model>/ is each model's head, MOUNTPOINT/<model>@<n>/ every version
+    (read-only), MOUNTPOINT/.versions/ lists them and MOUNTPOINT/.lineage/ shows parents
+    and children. See docs/mount.md.
+    """
+    store = Path(ctx.obj["store"]).absolute()
+    mnt = mountpoint.absolute()
+    try:
+        _check_store(store)
+        control.check_mountpoint(mnt)
+        if foreground:
+            from modelfs.fs.daemon import serve
+
+            logging.getLogger("modelfs.fs").setLevel(logging.INFO)
+            serve(store, mnt, cache_mb)
+            return
+        pid = control.start_daemon(store, mnt, cache_mb, timeout=timeout)
+    except ModelfsError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"mounted {store} at {mnt} (daemon pid {pid}, log {control.log_path(store, mnt)})")
+
+
+@click.command("umount")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("-z", "--lazy", is_flag=True,
+              help="Detach now even if files are open; the daemon stops when they close.")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for the daemon to exit.")
+def umount_command(mountpoint: Path, lazy: bool, timeout: float) -> None:
+    """Unmount a modelfs mount and wait for its daemon to exit."""
+    try:
+        click.echo(control.unmount(mountpoint, lazy=lazy, timeout=timeout))
+    except ModelfsError as e:
+        raise click.ClickException(str(e)) from None
