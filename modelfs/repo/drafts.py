@@ -6,8 +6,13 @@ the daemon before the version commits. Committing a draft turns every pending ch
 model into one version and clears them in one transaction. Pending file records count as
 reachable for gc and fsck.
 
+A file can also be pending as a *staged pointer*: the path of a fully written, fsync'd
+staging file whose chunks are not stored yet. The mount records one on every close, which is
+cheap, and stores the file in the background; `recover` (run when a mount starts and before
+every commit) stores whatever pointers a killed daemon left behind.
+
 Pending keys: ``model NUL "m"`` -> draft metadata (parents of a new model, how), and
-``model NUL "f" NUL path`` -> the file entry, or a removal marker.
+``model NUL "f" NUL path`` -> the file entry, a removal marker, or a staged pointer.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class Draft:
     how: str | None = None
     inferred: bool = False
     changes: dict[str, FileEntry | None] = field(default_factory=dict)  # None: removed
+    staged: dict[str, Path] = field(default_factory=dict)  # closed, not yet stored
 
     @property
     def empty(self) -> bool:
@@ -62,13 +68,19 @@ class Drafts:
         meta = txn.get("pending", _meta_key(model))
         prefix = model.encode() + b"\0f\0"
         changes: dict[str, FileEntry | None] = {}
+        staged: dict[str, Path] = {}
         for k, v in txn.items("pending", prefix):
             d = json.loads(v)
-            changes[k[len(prefix):].decode()] = None if d.get("removed") else FileEntry.from_json(d)
-        if meta is None and not changes:
+            path = k[len(prefix):].decode()
+            if "staged" in d:
+                staged[path] = Path(d["staged"])
+            else:
+                changes[path] = None if d.get("removed") else FileEntry.from_json(d)
+        if meta is None and not changes and not staged:
             return None
         m = json.loads(meta) if meta else {}
-        return Draft(model, tuple(m.get("derived_from", ())), m.get("how"), m.get("inferred", False), changes)
+        return Draft(model, tuple(m.get("derived_from", ())), m.get("how"), m.get("inferred", False),
+                     changes, staged)
 
     def get(self, model: str) -> Draft | None:
         with self.repo.store.read() as txn:
@@ -126,14 +138,22 @@ class Drafts:
                 return [self.repo.graph.version(txn, v) for v in draft.derived_from], draft
         return [], draft
 
-    def stage_file(self, model: str, path: str, src: Path) -> FileEntry:
-        """Store a closed file as a pending change of `model` (durable when this returns)."""
+    def stage_file(self, model: str, path: str, src: Path, expect_staged: Path | None = None) -> FileEntry:
+        """Store a closed file as a pending change of `model` (durable when this returns).
+
+        With `expect_staged`, the change is recorded only if the path still points at that
+        staging file (it may have been renamed or replaced meanwhile), and the staging file
+        is removed once stored.
+        """
         check_model_name(model)
         check_file_path(path)
         with self.repo._writer_lock():
-            return self._stage_file(model, path, src)
+            entry = self._stage_file(model, path, src, expect_staged)
+        if expect_staged is not None:
+            expect_staged.unlink(missing_ok=True)
+        return entry
 
-    def _stage_file(self, model: str, path: str, src: Path) -> FileEntry:
+    def _stage_file(self, model: str, path: str, src: Path, expect_staged: Path | None) -> FileEntry:
         bases, draft = self._bases(model, path, src)
         inferred: Version | None = None
         if not bases:
@@ -149,7 +169,15 @@ class Drafts:
             log.warning("%s: %s", model, w)
         with self.repo.store.write() as txn:
             txn.put("files", rec.key, rec.to_bytes(), overwrite=False)
-            txn.put("pending", _file_key(model, path), json.dumps(entry.to_json()).encode())
+            if expect_staged is not None:
+                # the pointer may have moved (rename) while we stored: follow it, whatever its path
+                prefix = model.encode() + b"\0f\0"
+                marker = json.dumps({"staged": str(expect_staged)}).encode()
+                for k, v in list(txn.items("pending", prefix)):
+                    if v == marker:
+                        txn.put("pending", k, json.dumps(entry.to_json()).encode())
+            else:
+                txn.put("pending", _file_key(model, path), json.dumps(entry.to_json()).encode())
             if inferred is not None and txn.get("pending", _meta_key(model)) is None:
                 log.info("%s: parent inferred from tensor overlap: %s", model, inferred.ref)
                 txn.put("pending", _meta_key(model), json.dumps(
@@ -166,11 +194,38 @@ class Drafts:
         """Move a file within a model's draft; no data is copied or re-encoded."""
         check_file_path(new)
         with self.repo.store.write() as txn:
-            files = self._view(txn, model)
-            if old not in files:
-                raise NotFound(f"{model}/{old} does not exist")
-            txn.put("pending", _file_key(model, new), json.dumps(files[old].to_json()).encode())
+            raw = txn.get("pending", _file_key(model, old))
+            if raw is not None and b'"staged"' in raw:
+                value = raw
+            else:
+                files = self._view(txn, model)
+                if old not in files:
+                    raise NotFound(f"{model}/{old} does not exist")
+                value = json.dumps(files[old].to_json()).encode()
+            txn.put("pending", _file_key(model, new), value)
             txn.put("pending", _file_key(model, old), b'{"removed": true}')
+
+    def record_staged(self, model: str, path: str, staging: Path) -> None:
+        """Make a closed, fsync'd staging file durable as a pending change (cheap: no encoding)."""
+        check_model_name(model)
+        check_file_path(path)
+        with self.repo.store.write() as txn:
+            txn.put("pending", _file_key(model, path), json.dumps({"staged": str(staging)}).encode())
+
+    def recover(self, model: str | None = None) -> list[str]:
+        """Store every staged pointer left pending (by a killed daemon); returns what it stored."""
+        done = []
+        for name in [model] if model else self.models():
+            draft = self.get(name)
+            for path, staging in sorted((draft.staged if draft else {}).items()):
+                if not staging.exists():
+                    log.error("%s/%s: staging file %s is gone; dropping the change", name, path, staging)
+                    with self.repo.store.write() as txn:
+                        txn.delete("pending", _file_key(name, path))
+                    continue
+                self.stage_file(name, path, staging, expect_staged=staging)
+                done.append(f"{name}/{path}")
+        return done
 
     def stage_entry(self, model: str, path: str, entry: FileEntry) -> None:
         """Record an already stored file (e.g. a chmod or a copy of a file of another version)."""
@@ -190,10 +245,13 @@ class Drafts:
                provenance: Mapping[str, Any] | None = None) -> Version | None:
         """Turn the model's draft into one version (None when it changes nothing), atomically."""
         repo = self.repo
+        self.recover(model)
         with repo.store.write() as txn:
             draft = self._draft(txn, model)
             if draft is None:
                 return None
+            if draft.staged:
+                raise Conflict(f"{model}: files are still being stored; commit again in a moment")
             info = repo.graph.model(txn, model)
             files = self._view(txn, model)
             head_files = dict(repo.graph.version(txn, info.head).files) if info and info.head else None
