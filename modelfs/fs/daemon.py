@@ -41,10 +41,10 @@ async def _tune_readahead(ops: Operations, mountpoint: Path) -> None:
     """Raise the mount's read-ahead to 1 MiB (root only, best effort).
 
     Only after INIT: the kernel clamps read-ahead to what INIT negotiated. The INIT reply is
-    written before ``init()``'s caller yields to trio, so the next checkpoint is late enough.
+    written before ``init()``'s caller yields to trio, so waking up here is late enough, and
+    early enough to come before the first request that ``wait_mounted`` sends.
     """
     await ops.initialized.wait()
-    await trio.sleep(0.01)
     m = control.find_mount(mountpoint)
     if m is None:
         return
@@ -57,8 +57,12 @@ async def _tune_readahead(ops: Operations, mountpoint: Path) -> None:
 
 
 async def _unmount_lazily(mountpoint: Path) -> bool:
-    r = await trio.run_process(["fusermount3", "-u", "-z", str(mountpoint)], check=False,
-                               capture_stdout=True, capture_stderr=True)
+    try:
+        r = await trio.run_process(["fusermount3", "-u", "-z", str(mountpoint)], check=False,
+                                   capture_stdout=True, capture_stderr=True)
+    except OSError as e:
+        log.warning("fusermount3 -u -z %s: %s", mountpoint, e)
+        return False
     if r.returncode != 0:
         log.warning("fusermount3 -u -z %s: %s", mountpoint, r.stderr.decode(errors="replace").strip())
     return r.returncode == 0

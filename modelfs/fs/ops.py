@@ -17,7 +17,7 @@ import logging
 import os
 import stat
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -25,7 +25,7 @@ import pyfuse3
 import trio
 
 from modelfs.errors import NotFound
-from modelfs.fs.readahead import ReadAhead, pieces
+from modelfs.fs.readahead import ReadAhead, merge_spans
 from modelfs.fs.tree import Attr, FsError, Tree
 from modelfs.repo import FileEntry, FileReader, Repo
 
@@ -33,16 +33,18 @@ log = logging.getLogger("modelfs.fs")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-BLKSIZE = 1 << 20  # st_blksize: tells cp and friends to read in 1 MiB pieces
+BLKSIZE = 1 << 20
+_DATA_HANDLERS = frozenset({"open", "read"})  # st_blksize: tells cp and friends to read in 1 MiB pieces
 
 
 def boundary(
-    fn: Callable[Concatenate[Operations, P], Awaitable[R]],
-) -> Callable[Concatenate[Operations, P], Awaitable[R]]:
+    fn: Callable[Concatenate[Operations, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[Operations, P], Coroutine[Any, Any, R]]:
     """The one exception boundary: pyfuse3 handlers may raise only FUSEError.
 
-    FsError carries its errno; an unknown name in the repo is ENOENT; anything else is a
-    bug or a damaged store, logged with its traceback and answered with EIO.
+    FsError carries its errno; an unknown name in the repo is ENOENT (but EIO when reading
+    data, where it means a damaged store); anything else is a bug or a damaged store,
+    logged with its traceback and answered with EIO.
     """
 
     @functools.wraps(fn)
@@ -54,6 +56,10 @@ def boundary(
         except FsError as e:
             raise pyfuse3.FUSEError(e.errno) from None
         except NotFound:
+            if fn.__name__ in _DATA_HANDLERS:  # a missing chunk or record: the store is damaged
+                log.exception("%s%r: missing from the store; answering EIO", fn.__name__,
+                              tuple(args)[:3])
+                raise pyfuse3.FUSEError(errno.EIO) from None
             raise pyfuse3.FUSEError(errno.ENOENT) from None
         except Exception:
             log.exception("%s%r failed; answering EIO", fn.__name__, tuple(args)[:3])
@@ -95,7 +101,7 @@ class Operations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, repo: Repo, *, threads: int | None = None, window: int = 16 << 20,
-                 piece: int = 2 << 20, trigger: int = 4 << 20, store_label: str = "",
+                 piece: int = 2 << 20, trigger: int = 8 << 20, store_label: str = "",
                  refresh_interval: float = 0.5) -> None:
         super().__init__()
         self.repo = repo
@@ -118,7 +124,7 @@ class Operations(pyfuse3.Operations):
 
     def counters(self) -> dict[str, int]:
         """Decode work (repo counters) and read-path work (this adapter), for tests and logs."""
-        c = self.repo.counters
+        c = getattr(self.repo, "counters", None)
         out = {k: int(getattr(c, k)) for k in ("chunks_decoded", "bytes_decoded", "cache_hits")
                if hasattr(c, k)}
         out.update(asdict(self.stats))
@@ -161,6 +167,10 @@ class Operations(pyfuse3.Operations):
         else:
             self._readers.move_to_end(entry.key)
         return r
+
+    def _pieces(self, reader: FileReader, start: int, end: int) -> list[tuple[int, int]]:
+        """One worker call per chunk: chunk-aligned pieces keep two workers off the same chunk."""
+        return merge_spans(reader.chunk_spans(start, end - start), self._piece)
 
     async def _prefetch(self, reader: FileReader, offset: int, size: int) -> None:
         try:
@@ -259,10 +269,11 @@ class Operations(pyfuse3.Operations):
         return [os.fsencode(k) for k in self.tree.xattrs(inode)]
 
     @boundary
-    async def access(self, inode: int, mode: int, ctx: Any) -> None:
+    async def access(self, inode: int, mode: int, ctx: Any) -> bool:
         if mode & os.W_OK and not self.tree.is_writable(inode):
             raise erofs()
         self.tree.getattr(inode)
+        return True
 
     # ---- reads -------------------------------------------------------------------------
 
@@ -299,7 +310,7 @@ class Operations(pyfuse3.Operations):
         assert h.ahead is not None
         span = h.ahead.on_read(off, size)
         if span is not None and self.nursery is not None:
-            for a, b in pieces(span[0], span[1], self._piece):
+            for a, b in self._pieces(h.reader, span[0], span[1]):
                 self.nursery.start_soon(self._prefetch, h.reader, a, b - a)
         data = h.reader.read_cached(off, size)
         if data is not None:

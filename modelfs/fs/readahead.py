@@ -9,13 +9,13 @@ free of trio so it is unit-tested directly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 
 class ReadAhead:
     """Tracks one handle's reads and hands out ranges to prefetch."""
 
-    def __init__(self, size: int, window: int = 16 << 20, trigger: int = 4 << 20,
+    def __init__(self, size: int, window: int = 16 << 20, trigger: int = 8 << 20,
                  slack: int = 4 << 20) -> None:
         self.size = size
         self.window = window  # how far ahead of the reader to keep decoded
@@ -55,3 +55,14 @@ def pieces(start: int, end: int, piece: int) -> Iterator[tuple[int, int]]:
         stop = min(end, (pos // piece + 1) * piece)
         yield pos, stop
         pos = stop
+
+
+def merge_spans(spans: Iterable[tuple[int, int]], piece: int) -> list[tuple[int, int]]:
+    """Chunk spans in file order, runs of small ones merged up to ``piece`` bytes a call."""
+    out: list[tuple[int, int]] = []
+    for a, b in spans:
+        if out and out[-1][1] == a and b - out[-1][0] <= piece:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out

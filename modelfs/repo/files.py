@@ -125,6 +125,15 @@ class FileReader:
             if pos >= p_end:
                 i += 1
 
+    def chunk_spans(self, offset: int, size: int) -> list[tuple[int, int]]:
+        """File-offset spans of the chunks a range touches, so callers can decode per chunk."""
+        spans = []
+        for p, c, _, _ in self._pieces(offset, size):
+            if isinstance(p, StoredTensor):
+                a, b = p.chunk_span(c)
+                spans.append((p.offset + a, p.offset + b))
+        return spans
+
     def chunk_keys(self, offset: int, size: int) -> list[bytes]:
         return [p.chunks[c] for p, c, _, _ in self._pieces(offset, size) if isinstance(p, StoredTensor)]
 

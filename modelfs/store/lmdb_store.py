@@ -63,7 +63,7 @@ class LmdbStore:
             self.env = lmdb.open(
                 str(self.path), map_size=map_size, max_dbs=len(TABLES) + 4,
                 max_readers=1024, readonly=readonly, sync=True, metasync=True,
-                readahead=False, lock=True,
+                readahead=True, lock=True,  # chunk records are MBs read whole: let the OS read ahead
             )
         except lmdb.Error as e:
             raise ModelfsError(f"cannot open store at {self.path}: {e}") from e

@@ -1,0 +1,131 @@
+"""Helpers for the mount tests: spawning daemons, waiting for mounts, reader processes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelfs.fs import control
+from modelfs.lineage import Version
+
+FUSE_MISSING = (
+    "FUSE is not usable here"
+    if not (os.path.exists("/dev/fuse") and shutil.which("fusermount3"))
+    else ""
+)
+
+
+def fuse_skip() -> pytest.MarkDecorator:
+    return pytest.mark.skipif(bool(FUSE_MISSING), reason=FUSE_MISSING or "ok")
+
+
+def force_unmount(path: Path | str) -> None:
+    subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, check=False)
+
+
+def sweep_stale_mounts() -> None:
+    """Unmount dead modelfs mounts (daemon gone) left under a pytest tmp by killed runs.
+
+    Live mounts are left alone: they may belong to a test session running beside this one.
+    """
+    try:
+        entries = control.mounts()
+    except OSError:
+        return
+    for m in entries:
+        if m.fstype != control.FSTYPE or "/pytest-of-" not in m.mountpoint:
+            continue
+        try:
+            os.stat(m.mountpoint)
+        except OSError as e:
+            if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+                force_unmount(m.mountpoint)
+
+
+@dataclass(frozen=True)
+class FsLineage:
+    """The store the mount tests share and what was imported into it."""
+
+    store: Path
+    sources: dict[str, Path]  # ref -> directory it was imported from
+    versions: dict[str, Version]  # ref -> version
+
+    def source_of(self, ref: str) -> Path:
+        return self.sources[ref]
+
+
+@dataclass
+class Mounted:
+    """A running mount: its path, daemon process and log."""
+
+    path: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def counters(self) -> dict[str, int]:
+        import json
+
+        return dict(json.loads(os.getxattr(self.path, "user.modelfs.counters")))
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM (lazy unmount, then exit), falling back to a forced unmount and kill."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if control.find_mount(self.path) is not None:
+            force_unmount(self.path)
+        return self.proc.returncode
+
+
+def start_mount(store: Path, mnt: Path, log: Path, cache_mb: int = 256,
+                extra: tuple[str, ...] = ()) -> Mounted:
+    mnt.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [*control.daemon_command(store, mnt, cache_mb), *extra],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        control.wait_mounted(mnt, proc, timeout=60, log=log)
+    except BaseException:
+        proc.kill()
+        force_unmount(mnt)
+        raise
+    return Mounted(mnt, proc, log)
+
+
+def wait_for(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+PY = sys.executable
+READERS = str(Path(__file__).with_name("readers.py"))
+
+
+def reader(*args: str, **kw: Any) -> subprocess.Popen[str]:
+    """A reader process (tests/fs/readers.py) with pipes for its stdin and stdout."""
+    return subprocess.Popen([PY, READERS, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, **kw)

@@ -1,0 +1,58 @@
+"""Sequential-read detection: prefetch for streams, nothing for random access."""
+
+from __future__ import annotations
+
+from modelfs.fs.readahead import ReadAhead, merge_spans, pieces
+
+MiB = 1 << 20
+
+
+def test_sequential_reads_prefetch_ahead_in_big_steps() -> None:
+    ra = ReadAhead(size=100 * MiB, window=16 * MiB, trigger=4 * MiB)
+    asked = []
+    for off in range(0, 100 * MiB, MiB):
+        span = ra.on_read(off, MiB)
+        if span:
+            asked.append(span)
+    assert asked, "a stream must trigger prefetch"
+    assert asked[0][0] == 4 * MiB  # starts right after what was read when it triggered
+    # contiguous, never overlapping, and each (but the last) at least half a window
+    for (_, e1), (s2, _) in zip(asked, asked[1:], strict=False):
+        assert s2 == e1
+    assert all(e - s >= 8 * MiB for s, e in asked[:-1])
+    assert asked[-1][1] == 100 * MiB  # never past the end
+    assert len(asked) < 20
+
+
+def test_random_reads_do_not_prefetch() -> None:
+    ra = ReadAhead(size=1000 * MiB, window=16 * MiB, trigger=4 * MiB, slack=4 * MiB)
+    for off in [0, 500 * MiB, 20 * MiB, 900 * MiB, 100 * MiB, 300 * MiB]:
+        assert ra.on_read(off, MiB) is None
+
+
+def test_reading_one_small_tensor_does_not_prefetch() -> None:
+    # safe_open: the header at 0, then one 2.4 MB tensor read in 1 MiB requests
+    ra = ReadAhead(size=90 * MiB, window=16 * MiB, trigger=4 * MiB)
+    assert ra.on_read(0, 16 << 10) is None
+    for off in range(40 * MiB, 40 * MiB + 2_400_000, MiB):
+        assert ra.on_read(off, MiB) is None
+
+
+def test_reordered_concurrent_requests_still_count_as_sequential() -> None:
+    ra = ReadAhead(size=64 * MiB, window=16 * MiB, trigger=2 * MiB, slack=4 * MiB)
+    order = [0, 2, 1, 3, 5, 4, 6, 7]
+    spans = [ra.on_read(i * MiB, MiB) for i in order]
+    assert any(spans)
+
+
+def test_pieces_are_aligned() -> None:
+    assert list(pieces(3 * MiB, 9 * MiB, 2 * MiB)) == [
+        (3 * MiB, 4 * MiB), (4 * MiB, 6 * MiB), (6 * MiB, 8 * MiB), (8 * MiB, 9 * MiB)]
+    assert list(pieces(5, 5, 2)) == []
+
+
+def test_small_chunks_are_merged_big_ones_kept() -> None:
+    spans = [(0, 100), (100, 300), (300, 2 * MiB + 300), (2 * MiB + 300, 4 * MiB + 300)]
+    assert merge_spans(spans, 2 * MiB) == [(0, 300), (300, 2 * MiB + 300),
+                                           (2 * MiB + 300, 4 * MiB + 300)]
+    assert merge_spans([(0, 10), (20, 30)], MiB) == [(0, 10), (20, 30)]  # never across a gap
