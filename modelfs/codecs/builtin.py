@@ -113,9 +113,15 @@ def zigzag_diff(data: bytes | np.ndarray, pred: bytes | np.ndarray, itemsize: in
 
 
 def zigzag_undiff(codes: bytes, pred: bytes | np.ndarray, itemsize: int) -> bytes:
-    z = np.frombuffer(codes, dtype=_UINT[itemsize])
-    d = ((z >> 1) ^ (-(z & 1).astype(_INT[itemsize])).view(_UINT[itemsize])).view(_INT[itemsize])
-    return (np.frombuffer(pred, dtype=_INT[itemsize]) + d).tobytes()
+    """Inverse of `zigzag_diff`, computed in place in two buffers (decode is the read path)."""
+    ut = _UINT[itemsize]
+    z = np.frombuffer(codes, dtype=ut)
+    sign = np.bitwise_and(z, 1)
+    np.negative(sign, out=sign)  # 0 or all ones, in wrapping unsigned arithmetic
+    d = np.right_shift(z, 1)
+    np.bitwise_xor(d, sign, out=d)
+    np.add(d, np.frombuffer(pred, dtype=ut), out=d)
+    return d.tobytes()
 
 
 @dataclass(frozen=True)

@@ -49,11 +49,15 @@ def split_planes(data: bytes | memoryview | np.ndarray, itemsize: int) -> tuple[
     return [np.ascontiguousarray(body[:, k]) for k in range(itemsize)], buf[n * itemsize:].tobytes()
 
 
-def join_planes(planes: list[np.ndarray], tail: bytes) -> bytes:
-    n = len(planes[0]) if planes else 0
-    out = np.empty((n, len(planes)), dtype=np.uint8)
+def join_planes(planes: list[np.ndarray | None], tail: bytes, n: int | None = None) -> bytes:
+    """Interleave planes back into elements; None stands for an all-zero plane (not written)."""
+    if n is None:
+        n = next((len(p) for p in planes if p is not None), 0)
+    alloc = np.zeros if any(p is None for p in planes) else np.empty
+    out = alloc((n, len(planes)), dtype=np.uint8)
     for k, p in enumerate(planes):
-        out[:, k] = p
+        if p is not None:
+            out[:, k] = p
     return out.tobytes() + tail
 
 
@@ -84,12 +88,12 @@ def decode_planes(payload: memoryview, length: int) -> bytes:
     if nplanes == 0:
         return tail
     n = (length - ntail) // nplanes
-    planes: list[np.ndarray] = []
+    planes: list[np.ndarray | None] = []
     for _ in range(nplanes):
         method, size = struct.unpack_from("<BI", payload, pos)
         pos += 5
         if method == _ZERO:
-            planes.append(np.zeros(n, dtype=np.uint8))
+            planes.append(None)
             continue
         raw = payload[pos:pos + size]
         pos += size
@@ -97,7 +101,7 @@ def decode_planes(payload: memoryview, length: int) -> bytes:
             planes.append(np.frombuffer(zstd_decompress(raw, n), dtype=np.uint8))
         else:
             planes.append(np.frombuffer(raw, dtype=np.uint8))
-    out = join_planes(planes, tail)
+    out = join_planes(planes, tail, n)
     if len(out) != length:
         raise ValueError(f"plane payload decodes to {len(out)} bytes, expected {length}")
     return out
