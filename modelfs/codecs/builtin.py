@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from modelfs.codecs.planes import (
     zstd_decompress,
 )
 from modelfs.dtypes import DType
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -71,11 +75,20 @@ class PlanesCodec:
         return decode_planes(payload, length)
 
 
-def _torch_cast(data: bytes, src: DType, dst: DType) -> np.ndarray:
-    import torch  # deferred: only cast chunks need it, and it costs a second to import
+def _tensor(data: bytes | np.ndarray, dt: DType) -> torch.Tensor:
+    """A torch view of chunk bytes (torch has bf16 and fp8, numpy has not); empty-safe."""
+    import torch  # deferred: only cast and avg chunks need it, and it costs a second to import
 
-    t = torch.frombuffer(bytearray(data), dtype=getattr(torch, src.torch_name or ""))
-    return t.to(getattr(torch, dst.torch_name or "")).view(torch.uint8).numpy()
+    tdt = getattr(torch, dt.torch_name or "")
+    if len(data) == 0:
+        return torch.empty(0, dtype=tdt)
+    return torch.frombuffer(bytearray(data), dtype=tdt)
+
+
+def _torch_cast(data: bytes, src: DType, dst: DType) -> np.ndarray:
+    import torch
+
+    return _tensor(data, src).to(getattr(torch, dst.torch_name or "")).view(torch.uint8).numpy()
 
 
 def _predict_same(ctx: EncodeContext) -> bytes | np.ndarray:
@@ -90,8 +103,8 @@ def _predict_avg(ctx: EncodeContext) -> bytes | np.ndarray:
     import torch
 
     tdt = getattr(torch, ctx.dtype.torch_name or "")
-    a = torch.frombuffer(bytearray(ctx.bases[0]), dtype=tdt).to(torch.float32)
-    b = torch.frombuffer(bytearray(ctx.bases[1]), dtype=tdt).to(torch.float32)
+    a = _tensor(ctx.bases[0], ctx.dtype).to(torch.float32)
+    b = _tensor(ctx.bases[1], ctx.dtype).to(torch.float32)
     if ctx.dtype.name == "F64":
         a, b = a.double(), b.double()
     return ((a + b) / 2).to(tdt).view(torch.uint8).numpy()
