@@ -43,17 +43,22 @@ def lineage_tree(versions: Iterable[Version]) -> list[str]:
     return lines
 
 
+def _dot(s: str) -> str:
+    """A DOT double-quoted string body: backslashes and quotes escaped."""
+    return s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def lineage_dot(versions: Iterable[Version]) -> str:
     vs = list(versions)
     out = ["digraph lineage {", "  rankdir=TB;", '  node [shape=box, fontname="monospace"];']
     for v in vs:
-        label = v.ref + (f"\\n{v.how}" if v.how else "")
+        label = _dot(v.ref) + (f"\\n{_dot(v.how)}" if v.how else "")
         out.append(f'  "{v.id}" [label="{label}"];')
     for v in vs:
         if v.previous:
             out.append(f'  "{v.previous}" -> "{v.id}" [style=dashed, label="version"];')
         for p in v.derived_from:
-            out.append(f'  "{p}" -> "{v.id}" [label="{v.how or "derived"}"];')
+            out.append(f'  "{p}" -> "{v.id}" [label="{_dot(v.how or "derived")}"];')
     out.append("}")
     return "\n".join(out) + "\n"
 

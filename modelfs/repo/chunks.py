@@ -16,7 +16,7 @@ import blake3
 
 from modelfs.codecs import EncodeContext, get_codec
 from modelfs.dtypes import DTYPES, DType
-from modelfs.errors import CorruptData, NotFound
+from modelfs.errors import CorruptData, ModelfsError, NotFound
 from modelfs.store import ReadTxn, Store
 
 KEY_LEN = 32
@@ -164,7 +164,13 @@ class ChunkCache:
         rec = self.record(key)
         bases = [self.get(bk) for bk, _ in rec.bases]
         ctx = EncodeContext(rec.dtype, bases, [dt for _, dt in rec.bases])
-        data = get_codec(rec.codec).decode(rec.payload, rec.length, ctx)
+        try:
+            data = get_codec(rec.codec).decode(rec.payload, rec.length, ctx)
+        except ModelfsError:
+            raise
+        except Exception as e:  # damaged payloads fail inside zstd, struct or numpy
+            raise CorruptData(f"chunk {key.hex()} cannot be decoded ({type(e).__name__}: {e}): "
+                              "store damaged, run `modelfs fsck`") from e
         if len(data) != rec.length:
             raise CorruptData(f"chunk {key.hex()} decodes to {len(data)} bytes, expected {rec.length}")
         if (self.verify if verify is None else verify) and chunk_key(data) != key:

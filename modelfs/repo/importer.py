@@ -57,9 +57,24 @@ def mapped(path: Path) -> Iterator[memoryview]:
                 mv.release()
 
 
-def file_blake3(path: Path) -> bytes:
-    with mapped(path) as mv:
-        return blake3.blake3(mv, max_threads=blake3.blake3.AUTO).digest()
+def chunk_bytes_for(part: TensorPart, settings: StoreSettings) -> int:
+    """Bytes per chunk of a tensor part: a fixed element count, or fixed bytes for blobs."""
+    if part.name == "":
+        return settings.blob_chunk_bytes
+    return settings.chunk_elems * part.dtype.itemsize
+
+
+def chunk_keys_of(path: str, src: Path, settings: StoreSettings) -> set[bytes]:
+    """The chunk keys a file would be stored under (hashing only: nothing is encoded)."""
+    keys: set[bytes] = set()
+    with mapped(src) as mv:
+        layout, _ = parse_file(path, mv)
+        for part in layout.parts:
+            if isinstance(part, TensorPart):
+                cb = chunk_bytes_for(part, settings)
+                for start in range(0, part.nbytes, cb):
+                    keys.add(chunk_key(mv[part.offset + start:part.offset + min(start + cb, part.nbytes)]))
+    return keys
 
 
 def _suffixes(name: str) -> Iterator[str]:
@@ -167,9 +182,7 @@ class Importer:
                 yield pi, mv[part.offset + start:part.offset + end], part.dtype, bases
 
     def _chunk_bytes(self, part: TensorPart) -> int:
-        if part.name == "":
-            return self.settings.blob_chunk_bytes
-        return self.settings.chunk_elems * part.dtype.itemsize
+        return chunk_bytes_for(part, self.settings)
 
     def store_file(self, path: str, src: Path, parents: list[ParentTensors],
                    pool: ThreadPoolExecutor, progress: Progress | None = None) -> tuple[FileEntry, FileRecord]:

@@ -29,7 +29,7 @@ from modelfs.repo.importer import (
     ParentTensors,
     Progress,
     StoreSettings,
-    file_blake3,
+    chunk_keys_of,
     mapped,
 )
 from modelfs.store import LmdbStore, ReadTxn, Store, WriteTxn
@@ -41,6 +41,7 @@ _DATA_VERSION_KEY = b"data_version"
 
 
 def tensor_signature(name: str, dtype: str, shape: tuple[int, ...]) -> bytes:
+    """Index key of a tensor for parent inference; dtype "*" is the cast-blind form."""
     return blake3.blake3(f"{name}\0{dtype}\0{list(shape)}".encode()).digest()[:16]
 
 
@@ -341,39 +342,56 @@ class Repo:
             rec = recs.get(entry.key) or FileRecord.from_bytes(txn.get("files", entry.key) or b"")
             for t in rec.tensors():
                 if t.name:
-                    txn.put("tsig", tensor_signature(t.name, t.dtype.name, t.shape) + v.id.encode(), b"")
+                    for dt in (t.dtype.name, "*"):
+                        txn.put("tsig", tensor_signature(t.name, dt, t.shape) + v.id.encode(), b"")
 
     # -- parent inference --------------------------------------------------------------------
     def infer_parent(self, files: Mapping[str, Path]) -> Version | None:
-        """The version sharing the most tensors (name, dtype, shape); ties: most identical chunks.
+        """The version sharing the most tensors by name, dtype and shape (by name and shape
+        alone when none matches, so a cast child finds its parent); ties go to the version
+        sharing the most identical chunks (the smallest delta), then to the newest.
 
-        Uses the signature index, so no tensor is decoded and no other version is read in full.
+        Uses the signature index and chunk hashes: nothing is decoded, and of other versions
+        only the file records of tied candidates are read.
         """
-        sigs: list[bytes] = []
+        tensors: list[TensorPart] = []
         for path, src in files.items():
             with mapped(src) as mv:
                 layout, _ = parse_file(path, mv)
-            sigs += [tensor_signature(t.name, t.dtype.name, t.shape)
-                     for t in layout.parts if isinstance(t, TensorPart) and t.name]
-        if not sigs:
+            tensors += [t for t in layout.parts if isinstance(t, TensorPart) and t.name]
+        if not tensors:
             return None
-        counts: Counter[str] = Counter()
         with self.store.read() as txn:
-            for s in set(sigs):
-                for k in txn.keys("tsig", s):
-                    counts[k[16:].decode()] += 1
+            for exact in (True, False):
+                counts: Counter[str] = Counter()
+                sigs = {tensor_signature(t.name, t.dtype.name if exact else "*", t.shape) for t in tensors}
+                for s in sigs:
+                    for k in txn.keys("tsig", s):
+                        counts[k[16:].decode()] += 1
+                if counts:
+                    break
             if not counts:
                 return None
             top = max(counts.values())
             tied = [self.graph.version(txn, vid) for vid, c in counts.items() if c == top]
         if len(tied) > 1:
-            new_keys = {file_blake3(src) for src in files.values()}
-            tied.sort(key=lambda v: (len(new_keys & {e.key for e in v.files.values()}), v.time), reverse=True)
+            new_keys: set[bytes] = set()
+            for path, src in files.items():
+                new_keys |= chunk_keys_of(path, src, self.settings)
+            shared = {v.id: len(new_keys & self._chunk_keys(v)) for v in tied}
+            tied.sort(key=lambda v: (shared[v.id], v.time), reverse=True)
         else:
             tied.sort(key=lambda v: v.time, reverse=True)
         choice = tied[0]
         log.info("inferred parent %s (%d shared tensors)", choice.ref, top)
         return choice
+
+    def _chunk_keys(self, v: Version) -> set[bytes]:
+        keys: set[bytes] = set()
+        for e in v.files.values():
+            for t in self.file_record(e).tensors():
+                keys.update(t.chunks)
+        return keys
 
     # -- lineage helpers for front ends ------------------------------------------------------
     def common_ancestor(self, a: str, b: str) -> Version | None:

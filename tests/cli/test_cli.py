@@ -229,8 +229,6 @@ def test_lineage_svg_is_written(populated: Populated, cli: Callable[..., object]
     assert "<svg" in svg and "</svg>" in svg and "child@1" in svg
 
 
-@pytest.mark.xfail(strict=True, reason="BUG modelfs/cli/render.py lineage_dot: `how` (and refs) are put "
-                   "into DOT strings unescaped, so a quote or backslash in --how breaks the DOT output")
 def test_lineage_dot_escapes_quotes(tmp_path: Path, populated: Populated, cli: Callable[..., object]) -> None:
     s = str(tmp_path / "s")
     invoke(["--store", s, "init"])
@@ -350,8 +348,6 @@ def test_fsck_of_a_damaged_store_exits_non_zero_without_traceback(tmp_path: Path
     assert "errors" in r.stdout  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG modelfs/repo/chunks.py ChunkCache.decode: a damaged payload raises "
-                   "zstandard.ZstdError / struct.error, not CorruptData, so `modelfs export` prints a traceback")
 def test_export_of_a_damaged_chunk_is_one_line(tmp_path: Path, populated: Populated,
                                                cli: Callable[..., object]) -> None:
     from modelfs.repo import Repo

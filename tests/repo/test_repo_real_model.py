@@ -206,11 +206,6 @@ def test_parent_inference_picks_the_model_it_was_trained_from(tmp_path: Path, tr
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG modelfs/repo/repo.py Repo.infer_parent: ties on shared tensor signatures are broken by "
-    "identical whole *files* then recency, not by the smallest delta (identical chunks). Every "
-    "save_pretrained child shares config.json, so the newest tied version wins: here sibling@1 "
-    "instead of ft@1"))
 def test_parent_inference_breaks_ties_by_the_smallest_delta(tmp_path: Path, trained: object) -> None:
     """partial = ft + one trained layer: its parent is ft, not the base, ft@2 or ft's sibling."""
     with Repo.init(tmp_path / "store") as repo:
