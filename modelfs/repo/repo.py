@@ -175,7 +175,7 @@ class Repo:
         pieces = list(reader.pieces())
         if pool is None:
             for key, data in pieces:
-                yield data if key is None else self.cache.decode(key)
+                yield data if key is None else self.cache.get(key)
             return
         futs: list[Any] = []
         idx = 0
@@ -184,7 +184,7 @@ class Repo:
             nonlocal idx
             while idx < len(pieces) and len(futs) < n:
                 key, data = pieces[idx]
-                futs.append(data if key is None else pool.submit(self.cache.decode, key))
+                futs.append(data if key is None else pool.submit(self.cache.get, key))
                 idx += 1
 
         submit_upto(window)
