@@ -245,29 +245,38 @@ class Encoding:
     base_set: int  # index into the base sets offered, or -1 for self-contained
 
 
+DEPTH_PENALTY = 0.10  # a delta one level deeper must be 10% smaller to be preferred
+
+
 def choose_encoding(data: bytes, dtype: DType,
-                    base_sets: Sequence[tuple[Sequence[bytes], Sequence[DType]]] = ()) -> Encoding:
+                    base_sets: Sequence[tuple[Sequence[bytes], Sequence[DType]]] = (),
+                    depths: Sequence[int] = ()) -> Encoding:
     """The smallest lossless encoding among the deltas the bases allow and self-contained ones.
 
+    `depths[i]` is the chain depth the chunk gets when coded against base set i: each level
+    costs a decode on every read, so sizes are weighed by (1 + DEPTH_PENALTY * depth), which
+    lets a slightly larger delta against a shallow ancestor win over one against a deep parent.
     Cheap early exits keep import fast: a delta that is already tiny ends the search, and the
     self-contained codecs are tried only when no delta got below 3/4 of the raw size.
     """
     n = len(data)
     best = Encoding("raw", bytes(data), -1)
+    best_cost = float(n)
     for i, (bases, btypes) in enumerate(base_sets):
         ctx = EncodeContext(dtype, bases, btypes)
+        weight = 1 + DEPTH_PENALTY * (depths[i] if i < len(depths) else 1)
         for codec in _delta_codecs(dtype):
             if not codec.applies(ctx):
                 continue
             payload = codec.encode(data, ctx)
-            if payload is not None and len(payload) < len(best.payload):
-                best = Encoding(codec.id, payload, i)
+            if payload is not None and len(payload) * weight < best_cost:
+                best, best_cost = Encoding(codec.id, payload, i), len(payload) * weight
         if len(best.payload) <= n * _GOOD_ENOUGH:
             return best
     if len(best.payload) > n * 0.75:
         ctx = EncodeContext(dtype)
         for codec in (PLANES if dtype.itemsize > 1 else ZSTD,):
             payload = codec.encode(data, ctx)
-            if payload is not None and len(payload) < len(best.payload):
-                best = Encoding(codec.id, payload, -1)
+            if payload is not None and len(payload) < best_cost:
+                best, best_cost = Encoding(codec.id, payload, -1), float(len(payload))
     return best

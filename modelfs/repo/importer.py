@@ -127,21 +127,38 @@ class Importer:
         self._pending_write: Future[None] | None = None
 
     # -- per chunk work (worker threads) ----------------------------------------------
+    def _root(self, key: bytes) -> tuple[bytes, DType] | None:
+        """The self-contained chunk at the end of a chunk's chain of first bases."""
+        rec = self.cache.record(key)
+        while rec.depth > 0 and rec.bases:
+            key = rec.bases[0][0]
+            rec = self.cache.record(key)
+        return (key, rec.dtype) if rec.depth == 0 else None
+
     def _base_sets(self, bases: list[tuple[StoredTensor, int]], dt: DType
-                   ) -> tuple[list[tuple[list[bytes], list[DType]]], list[list[bytes]]]:
-        """Candidate base sets: an average of two parents first, then each parent alone."""
-        usable: list[tuple[bytes, DType]] = []
+                   ) -> tuple[list[tuple[list[bytes], list[DType]]], list[list[bytes]], list[int]]:
+        """Candidate base sets with the depth each gives: an average of two parents first, then
+        each parent alone, then (for a parent that is itself a delta) its chain's root, which
+        keeps reads of deep lineages flat at a small cost in size."""
+        usable: list[tuple[bytes, DType, int]] = []
+        roots: list[tuple[bytes, DType, int]] = []
         for t, i in bases:
             key = t.chunks[i]
-            if self.cache.record(key).depth + 1 <= self.settings.max_chain:
-                usable.append((key, t.dtype))
-        sets: list[list[tuple[bytes, DType]]] = []
+            depth = self.cache.record(key).depth
+            if depth + 1 <= self.settings.max_chain:
+                usable.append((key, t.dtype, depth))
+            if depth > 0:
+                root = self._root(key)
+                if root is not None and all(root[0] != r[0] for r in roots):
+                    roots.append((*root, 0))
+        sets: list[list[tuple[bytes, DType, int]]] = []
         same = [u for u in usable if u[1].name == dt.name]
         if len(same) >= 2 and same[0][0] != same[1][0]:
             sets.append(same[:2])
-        sets += [[u] for u in usable]
-        return ([([self.cache.get(k) for k, _ in s], [d for _, d in s]) for s in sets],
-                [[k for k, _ in s] for s in sets])
+        sets += [[u] for u in usable + roots]
+        return ([([self.cache.get(k) for k, _, _ in s], [d for _, d, _ in s]) for s in sets],
+                [[k for k, _, _ in s] for s in sets],
+                [1 + max(d for _, _, d in s) for s in sets])
 
     def _encode_chunk(self, data: memoryview, dt: DType, bases: list[tuple[StoredTensor, int]]
                       ) -> tuple[bytes, bytes | None, int]:
@@ -149,13 +166,11 @@ class Importer:
         with self.store.read() as txn:
             if txn.get("chunks", key) is not None:
                 return key, None, 0
-        base_sets, base_keys = self._base_sets(bases, dt) if bases else ([], [])
-        enc = choose_encoding(bytes(data), dt, base_sets)
+        base_sets, base_keys, depths = self._base_sets(bases, dt) if bases else ([], [], [])
+        enc = choose_encoding(bytes(data), dt, base_sets, depths)
         keys = base_keys[enc.base_set] if enc.base_set >= 0 else []
         types = base_sets[enc.base_set][1] if enc.base_set >= 0 else []
-        depth = 0
-        if keys:
-            depth = 1 + max(self.cache.record(k).depth for k in keys)
+        depth = depths[enc.base_set] if enc.base_set >= 0 else 0
         rec = ChunkRecord(enc.codec_id, dt, depth, len(data), tuple(zip(keys, types, strict=True)),
                           memoryview(enc.payload))
         return key, rec.to_bytes(), len(enc.payload)
