@@ -204,6 +204,8 @@ class PruneCodec:
             return None
         sign = np.array(1 << (8 * isz - 1), dtype=_UINT[isz])
         d = np.frombuffer(data, dtype=_UINT[isz])
+        if np.count_nonzero((d[:4096] & ~sign) == 0) < 8:
+            return None  # sampled: no zeros here, so not a pruning step (skips the full pass)
         b = np.frombuffer(ctx.bases[0], dtype=_UINT[isz])
         mask = ((d & ~sign) == 0) & ((b & ~sign) != 0)
         if mask.sum() < len(d) // 100:

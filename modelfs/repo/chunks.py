@@ -111,6 +111,10 @@ class ChunkCache:
                 self._lru.move_to_end(key)
             return data
 
+    def put(self, key: bytes, data: bytes) -> None:
+        """Offer decoded bytes (e.g. of a chunk just imported: the next version's base)."""
+        self._put(key, data)
+
     def _put(self, key: bytes, data: bytes) -> None:
         if len(data) > self._max:
             return

@@ -167,7 +167,9 @@ class Importer:
             if txn.get("chunks", key) is not None:
                 return key, None, 0
         base_sets, base_keys, depths = self._base_sets(bases, dt) if bases else ([], [], [])
-        enc = choose_encoding(bytes(data), dt, base_sets, depths)
+        raw = bytes(data)
+        self.cache.put(key, raw)  # a child imported next finds its base decoded already
+        enc = choose_encoding(raw, dt, base_sets, depths)
         keys = base_keys[enc.base_set] if enc.base_set >= 0 else []
         types = base_sets[enc.base_set][1] if enc.base_set >= 0 else []
         depth = depths[enc.base_set] if enc.base_set >= 0 else 0
