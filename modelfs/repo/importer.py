@@ -125,6 +125,8 @@ class Importer:
         # One thread owns every write transaction, so commits (fsync) overlap with encoding.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelfs-writer")
         self._pending_write: Future[None] | None = None
+        self._batch: list[tuple[bytes, bytes]] = []
+        self._batch_bytes = 0
 
     # -- per chunk work (worker threads) ----------------------------------------------
     def _root(self, key: bytes) -> tuple[bytes, DType] | None:
@@ -224,23 +226,19 @@ class Importer:
             self.warnings.append(warning)
         keys: dict[int, list[bytes]] = {i: [] for i in range(len(layout.parts))}
         window: deque[tuple[int, Future[tuple[bytes, bytes | None, int]], int]] = deque()
-        batch: list[tuple[bytes, bytes]] = []
-        batch_bytes = 0
 
         def drain(limit: int) -> None:
-            nonlocal batch_bytes
             while len(window) > limit:
                 pi, fut, n = window.popleft()
                 key, rec, stored = fut.result()
                 keys[pi].append(key)
                 if rec is not None and key not in self._seen:
                     self._seen.add(key)
-                    batch.append((key, rec))
-                    batch_bytes += len(rec)
+                    self._batch.append((key, rec))
+                    self._batch_bytes += len(rec)
                     self.stored_bytes += stored
-                if batch_bytes >= 32 << 20:
-                    self._flush(batch)
-                    batch_bytes = 0
+                if self._batch_bytes >= 32 << 20:
+                    self._flush()
                 if progress:
                     progress(n)
 
@@ -248,8 +246,6 @@ class Importer:
             window.append((pi, pool.submit(self._encode_chunk, data, dt, bases), len(data)))
             drain(self.workers * 3)
         drain(0)
-        self._flush(batch)
-        self.wait_written()
         inline = sum(len(p.data) for p in layout.parts if isinstance(p, InlinePart))
         if progress and inline:
             progress(inline)
@@ -266,13 +262,15 @@ class Importer:
     def _offset(parts: tuple[InlinePart | TensorPart, ...], i: int) -> int:
         return sum(len(p.data) if isinstance(p, InlinePart) else p.nbytes for p in parts[:i])
 
-    def _flush(self, batch: list[tuple[bytes, bytes]]) -> None:
-        """Hand a batch to the writer thread; at most one batch is in flight (bounded memory)."""
-        if not batch:
+    def _flush(self) -> None:
+        """Hand the batch to the writer thread; at most one batch is in flight (bounded memory).
+
+        Batches span files, so the many small files of a checkpoint share one transaction.
+        """
+        if not self._batch:
             return
         self.wait_written()
-        items = list(batch)
-        batch.clear()
+        items, self._batch, self._batch_bytes = self._batch, [], 0
         self._pending_write = self._writer.submit(self._write, items)
 
     def _write(self, items: list[tuple[bytes, bytes]]) -> None:
@@ -287,5 +285,7 @@ class Importer:
             fut.result()
 
     def close(self) -> None:
+        """Commit every chunk handed over; a version may reference them only after this."""
+        self._flush()
         self.wait_written()
         self._writer.shutdown()
