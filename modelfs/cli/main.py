@@ -85,7 +85,7 @@ def init(ctx: click.Context) -> None:
 
 
 @cli.command("import")
-@click.argument("src", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("src", type=click.Path(path_type=Path))
 @click.option("--model", required=True, help="Model name to import into (a new version of it).")
 @click.option("--parent", "parents", multiple=True, metavar="MODEL[@N]", help="Provenance parent(s); repeat for merges.")
 @click.option("--how", help="How it was derived: finetune, lora, prune, cast, merge, ...")
@@ -103,6 +103,8 @@ def import_(ctx: click.Context, src: Path, model: str, parents: tuple[str, ...],
         prov = json.loads(provenance) if provenance else {}
     except json.JSONDecodeError as e:
         raise ModelfsError(f"--provenance is not valid JSON: {e}") from None
+    if not isinstance(prov, dict):
+        raise ModelfsError(f"--provenance must be a JSON object such as '{{\"lr\": 1e-4}}', not {provenance}")
     with _repo(ctx) as repo, _progress(_dir_size(src), f"import {model}") as tick:
         v = repo.import_dir(src, model, parents=list(parents), how=how, message=message,
                             provenance=prov, infer_parent=not no_infer, progress=tick)
@@ -304,15 +306,19 @@ def commit(ctx: click.Context, model: str | None, message: str, as_json: bool) -
 
 
 def _register_plugins() -> None:
-    """Commands from other front ends (the mount) live in their own modules."""
+    """Commands from other front ends (the mount, diff/merge) live in their own modules."""
     try:
         from modelfs.cli import mount_cmds
     except ImportError:
-        return
+        mount_cmds = None  # type: ignore[assignment]
     for name in ("mount_command", "umount_command"):
         cmd = getattr(mount_cmds, name, None)
         if cmd is not None:
             cli.add_command(cmd)
+    from modelfs.cli import ops_cmds
+
+    for cmd in ops_cmds.COMMANDS:
+        cli.add_command(cmd)
 
 
 _register_plugins()

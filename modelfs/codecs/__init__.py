@@ -11,3 +11,4 @@ __all__ = [
     "register_codec",
     "registered_codecs",
 ]
+from modelfs.codecs import lowrank, mix, sparse  # noqa: E402,F401  (register the update codecs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Protocol
+from typing import Any, Protocol
 
 from modelfs.dtypes import DType
 from modelfs.errors import ModelfsError
@@ -18,6 +18,7 @@ class EncodeContext:
     dtype: DType
     bases: Sequence[bytes] = ()
     base_dtypes: Sequence[DType] = ()
+    hint: Any = None  # what the committer knows (LoRA factors, merge weights); never stored
 
 
 class Codec(Protocol):

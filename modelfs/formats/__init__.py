@@ -25,3 +25,4 @@ __all__ = [
 ]
 
 from modelfs.formats import safetensors as _safetensors  # noqa: E402,F401  (registers the format)
+from modelfs.formats import torch_pickle as _torch_pickle  # noqa: E402,F401  (registers the format)

@@ -14,16 +14,18 @@ import math
 import mmap
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import blake3
 
-from modelfs.codecs import choose_encoding
+from modelfs.codecs import EncodeContext, choose_encoding, get_codec
 from modelfs.dtypes import DType
+from modelfs.errors import NotFound
 from modelfs.formats import InlinePart, TensorPart, parse_file
 from modelfs.lineage import FileEntry
 from modelfs.repo.chunks import ChunkCache, ChunkRecord, chunk_key
@@ -33,6 +35,9 @@ from modelfs.store import Store
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
+# (file path, tensor name, chunk index) -> hints, each with .codec (an id), .bases (chunk keys)
+# and .hint (handed to the codec as EncodeContext.hint): what a merge or a LoRA import knows.
+ChunkHints = Callable[[str, str, int], Sequence[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +119,8 @@ class ParentTensors:
 
 class Importer:
     def __init__(self, store: Store, cache: ChunkCache, settings: StoreSettings,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, hints: ChunkHints | None = None) -> None:
+        self.hints = hints
         self.store = store
         self.cache = cache
         self.settings = settings
@@ -162,8 +168,22 @@ class Importer:
                 [[k for k, _, _ in s] for s in sets],
                 [1 + max(d for _, _, d in s) for s in sets])
 
-    def _encode_chunk(self, data: memoryview, dt: DType, bases: list[tuple[StoredTensor, int]]
-                      ) -> tuple[bytes, bytes | None, int]:
+    def _encode_hinted(self, data: bytes, dt: DType, h: Any) -> tuple[str, list[bytes], list[DType], int, bytes] | None:
+        """A hint's codec on the hint's base chunks: (codec, keys, dtypes, depth, payload) or None."""
+        try:
+            recs = [self.cache.record(k) for k in h.bases]
+        except NotFound:
+            return None
+        depth = 1 + max((r.depth for r in recs), default=-1)
+        if depth > self.settings.max_chain:
+            return None
+        ctx = EncodeContext(dt, [self.cache.get(k) for k in h.bases], [r.dtype for r in recs], h.hint)
+        codec = get_codec(h.codec)
+        payload = codec.encode(data, ctx) if codec.applies(ctx) else None
+        return None if payload is None else (h.codec, list(h.bases), [r.dtype for r in recs], depth, payload)
+
+    def _encode_chunk(self, data: memoryview, dt: DType, bases: list[tuple[StoredTensor, int]],
+                      hints: Sequence[Any] = ()) -> tuple[bytes, bytes | None, int]:
         key = chunk_key(data)
         with self.store.read() as txn:
             if txn.get("chunks", key) is not None:
@@ -171,19 +191,27 @@ class Importer:
         base_sets, base_keys, depths = self._base_sets(bases, dt) if bases else ([], [], [])
         raw = bytes(data)
         self.cache.put(key, raw)  # a child imported next finds its base decoded already
-        enc = choose_encoding(raw, dt, base_sets, depths)
-        keys = base_keys[enc.base_set] if enc.base_set >= 0 else []
-        types = base_sets[enc.base_set][1] if enc.base_set >= 0 else []
-        depth = depths[enc.base_set] if enc.base_set >= 0 else 0
-        rec = ChunkRecord(enc.codec_id, dt, depth, len(data), tuple(zip(keys, types, strict=True)),
-                          memoryview(enc.payload))
-        return key, rec.to_bytes(), len(enc.payload)
+        hinted = [e for e in (self._encode_hinted(raw, dt, h) for h in hints) if e is not None]
+        best = min(hinted, key=lambda e: len(e[4])) if hinted else None
+        if best is not None and len(best[4]) <= len(raw) // 64:
+            codec_id, keys, types, depth, payload = best  # the hint reproduces the chunk: done
+        else:
+            enc = choose_encoding(raw, dt, base_sets, depths)
+            codec_id, payload = enc.codec_id, enc.payload
+            keys = base_keys[enc.base_set] if enc.base_set >= 0 else []
+            types = base_sets[enc.base_set][1] if enc.base_set >= 0 else []
+            depth = depths[enc.base_set] if enc.base_set >= 0 else 0
+            if best is not None and len(best[4]) < len(payload):
+                codec_id, keys, types, depth, payload = best
+        rec = ChunkRecord(codec_id, dt, depth, len(data), tuple(zip(keys, types, strict=True)),
+                          memoryview(payload))
+        return key, rec.to_bytes(), len(payload)
 
     # -- per file ------------------------------------------------------------------------
     def _chunk_jobs(self, path: str, mv: memoryview, layout_parts: Iterable[InlinePart | TensorPart],
                     parents: list[ParentTensors]
-                    ) -> Iterator[tuple[int, memoryview, DType, list[tuple[StoredTensor, int]]]]:
-        """(part index, data, dtype, bases) for every chunk of every tensor part."""
+                    ) -> Iterator[tuple[int, memoryview, DType, list[tuple[StoredTensor, int]], Sequence[Any]]]:
+        """(part index, data, dtype, bases, hints) for every chunk of every tensor part."""
         for pi, part in enumerate(layout_parts):
             if isinstance(part, InlinePart):
                 continue
@@ -198,7 +226,8 @@ class Importer:
                             and (m.chunk_span(ci)[1] - m.chunk_span(ci)[0]) // m.dtype.itemsize
                             == (end - start) // part.dtype.itemsize):
                         bases.append((m, ci))
-                yield pi, mv[part.offset + start:part.offset + end], part.dtype, bases
+                hints = self.hints(path, part.name, ci) if self.hints is not None else ()
+                yield pi, mv[part.offset + start:part.offset + end], part.dtype, bases, hints
 
     def _chunk_bytes(self, part: TensorPart) -> int:
         return chunk_bytes_for(part, self.settings)
@@ -242,8 +271,8 @@ class Importer:
                 if progress:
                     progress(n)
 
-        for pi, data, dt, bases in self._chunk_jobs(path, mv, layout.parts, parents):
-            window.append((pi, pool.submit(self._encode_chunk, data, dt, bases), len(data)))
+        for pi, data, dt, bases, hints in self._chunk_jobs(path, mv, layout.parts, parents):
+            window.append((pi, pool.submit(self._encode_chunk, data, dt, bases, hints), len(data)))
             drain(self.workers * 3)
         drain(0)
         inline = sum(len(p.data) for p in layout.parts if isinstance(p, InlinePart))

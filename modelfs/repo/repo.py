@@ -25,6 +25,7 @@ from modelfs.names import check_file_path, check_model_name
 from modelfs.repo.chunks import ChunkCache, Counters
 from modelfs.repo.files import FileReader, FileRecord
 from modelfs.repo.importer import (
+    ChunkHints,
     Importer,
     ParentTensors,
     Progress,
@@ -262,7 +263,8 @@ class Repo:
     def commit_files(self, model: str, files: Mapping[str, Path], *, parents: list[str] | None = None,
                      how: str | None = None, message: str = "", provenance: Mapping[str, Any] | None = None,
                      infer_parent: bool = True, progress: Progress | None = None,
-                     keep: Mapping[str, FileEntry] | None = None) -> Version:
+                     keep: Mapping[str, FileEntry] | None = None,
+                     hints: ChunkHints | None = None) -> Version:
         """Commit a new version of `model`: `files` are stored, `keep` entries carried over as they are.
 
         The previous head (if any) is the versioning parent; `parents` are provenance parents.
@@ -278,8 +280,9 @@ class Repo:
                 info = self.graph.model(txn, model)
                 if info is not None and info.head:
                     head = self.graph.version(txn, info.head)
-            importer = Importer(self.store, self.cache, self.settings)
-            base_versions = ([head] if head else []) + derived
+            importer = Importer(self.store, self.cache, self.settings, hints=hints)
+            # once each: a merge into A's own model has A as head and as parent
+            base_versions = list({v.id: v for v in ([head] if head else []) + derived}.values())
             inferred = None
             if not base_versions and infer_parent and files:
                 inferred = self.infer_parent(files)

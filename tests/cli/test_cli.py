@@ -296,15 +296,9 @@ def error_runs(tmp_path_factory: pytest.TempPathFactory, populated: Populated,
     return runs
 
 
-KNOWN_BAD = {  # case -> the bug, reported; strict xfail so the fix is noticed
-    "import a file": "BUG modelfs/cli/ops_cmds.py _ImportCommand.get_params re-declares SRC with "
-                     "file_okay=False, so click prints a 3-line usage error, not the core one-line error",
-}
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BAD[c])) if c in KNOWN_BAD else c
-    for c in sorted(ERRORS)])
+@pytest.mark.parametrize("case", sorted(ERRORS))
 def test_errors_are_one_line_and_change_nothing(case: str, error_runs: dict[str, object]) -> None:
     assert_one_line_error(error_runs[case], ERRORS[case][1])
     assert error_runs["__changed__"] is False, "an error changed the store"

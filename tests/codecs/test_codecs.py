@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from modelfs.codecs import EncodeContext, choose_encoding, get_codec, registered_codecs
 from modelfs.codecs.planes import decode_planes, encode_planes
 from modelfs.dtypes import DTYPES, DType
-
-torch = pytest.importorskip("torch")
 
 ALL = sorted(DTYPES)
 FLOATS_WITH_TORCH = sorted(n for n, d in DTYPES.items() if d.is_float and d.torch_name)

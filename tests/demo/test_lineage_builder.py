@@ -11,10 +11,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-st = pytest.importorskip("safetensors.torch")
+import safetensors.torch as st
+import torch
 
 from modelfs.demo import lineage  # noqa: E402
 
@@ -24,7 +22,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> list[lineage.LineageStep]
     try:
         lineage.minilm_dir()
     except (ModuleNotFoundError, FileNotFoundError) as e:
-        pytest.skip(str(e))
+        pytest.fail(str(e))
     out = tmp_path_factory.mktemp("lineage")
     return lineage.build_lineage(out, steps=2, kinds={"minilm-ft@1", "minilm-fp16", "lora"}, seed=0)
 

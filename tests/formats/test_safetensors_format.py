@@ -17,6 +17,9 @@ from pathlib import Path
 import blake3
 import numpy as np
 import pytest
+import safetensors.numpy as st_numpy
+import safetensors.torch as st_torch
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -24,10 +27,6 @@ from modelfs.dtypes import DTYPES
 from modelfs.formats import FileLayout, InlinePart, TensorPart, parse_file, registered_formats
 from modelfs.repo import Repo, StoreSettings
 from modelfs.store import MemoryStore
-
-torch = pytest.importorskip("torch")
-st_torch = pytest.importorskip("safetensors.torch")
-st_numpy = pytest.importorskip("safetensors.numpy")
 
 # dtypes modelfs knows that the torch front end of safetensors can write
 TORCH_DTYPES = {name: t for name, t in st_torch._TYPES.items() if name in DTYPES}
