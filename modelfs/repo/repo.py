@@ -282,6 +282,8 @@ class Repo:
                     head = self.graph.version(txn, info.head)
             importer = Importer(self.store, self.cache, self.settings, hints=hints)
             # once each: a merge into A's own model has A as head and as parent
+            if head is not None:  # the head is the versioning parent already, not a provenance one
+                derived = [d for d in derived if d.id != head.id]
             base_versions = list({v.id: v for v in ([head] if head else []) + derived}.values())
             inferred = None
             if not base_versions and infer_parent and files:

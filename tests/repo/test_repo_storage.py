@@ -377,3 +377,11 @@ def test_bad_names_change_nothing(lineage_repo: tuple[Repo, list[Path]]) -> None
     with pytest.raises(NotFound):
         repo.import_dir(dirs[0].parent / "missing", "new")
     assert [v.id for v in repo.all_versions()] == before
+
+
+def test_naming_the_previous_version_as_parent_records_one_versioning_edge(tmp_path: Path) -> None:
+    repo = Repo.init(store=MemoryStore(), settings=StoreSettings(chunk_elems=4096))
+    w = {"w": np.arange(4096, dtype=np.float32)}
+    v1 = repo.import_dir(write_checkpoint(tmp_path / "a", w), "m")
+    v2 = repo.import_dir(write_checkpoint(tmp_path / "b", step(w, 2)), "m", parents=["m@1"])
+    assert v2.previous == v1.id and v2.derived_from == () and v2.parents == (v1.id,)
