@@ -287,8 +287,10 @@ def commit(ctx: click.Context, model: str | None, message: str, as_json: bool) -
             rows = []
             for name in drafts.models():
                 d = drafts.get(name)
-                rows.append({"model": name, "changes": {p: (e.blake3_hex if e else None)
-                                                        for p, e in (d.changes.items() if d else [])}})
+                changes: dict[str, str | None] = {p: (e.blake3_hex if e else None)
+                                                  for p, e in (d.changes.items() if d else [])}
+                changes.update({p: "staged" for p in (d.staged if d else {})})  # closed, storing
+                rows.append({"model": name, "changes": changes})
             if as_json:
                 click.echo(json.dumps(rows, indent=1))
             for r in [] if as_json else rows:

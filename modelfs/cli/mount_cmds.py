@@ -30,14 +30,18 @@ def _check_store(store: Path) -> None:
               help="Memory for decoded chunks.")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for the mount to come up.")
+@click.option("--settle", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+              help="Seconds a model's directory must be quiet (nothing open for writing) "
+                   "before what was written there commits as one version.")
 @click.pass_context
 def mount_command(ctx: click.Context, mountpoint: Path, foreground: bool, cache_mb: int,
-                  timeout: float) -> None:
+                  timeout: float, settle: float) -> None:
     """Mount the store at MOUNTPOINT (an empty directory).
 
-    MOUNTPOINT/<model>/ is each model's head, MOUNTPOINT/<model>@<n>/ every version
-    (read-only), MOUNTPOINT/.versions/ lists them and MOUNTPOINT/.lineage/ shows parents
-    and children. See docs/mount.md.
+    MOUNTPOINT/<model>/ is each model's head, writable: files saved there become its next
+    version. MOUNTPOINT/<model>@<n>/ is every version (read-only), MOUNTPOINT/.versions/
+    lists them and MOUNTPOINT/.lineage/ shows parents and children. A directory made at
+    the root is a new model. See docs/mount.md.
     """
     store = Path(ctx.obj["store"]).absolute()
     mnt = mountpoint.absolute()
@@ -48,9 +52,9 @@ def mount_command(ctx: click.Context, mountpoint: Path, foreground: bool, cache_
             from modelfs.fs.daemon import serve
 
             logging.getLogger("modelfs.fs").setLevel(logging.INFO)
-            serve(store, mnt, cache_mb)
+            serve(store, mnt, cache_mb, settle=settle)
             return
-        pid = control.start_daemon(store, mnt, cache_mb, timeout=timeout)
+        pid = control.start_daemon(store, mnt, cache_mb, timeout=timeout, settle=settle)
     except ModelfsError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"mounted {store} at {mnt} (daemon pid {pid}, log {control.log_path(store, mnt)})")

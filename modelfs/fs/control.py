@@ -110,9 +110,10 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
-def daemon_command(store: Path, mountpoint: Path, cache_mb: int) -> list[str]:
+def daemon_command(store: Path, mountpoint: Path, cache_mb: int, settle: float = 1.0
+                   ) -> list[str]:
     return [sys.executable, "-m", "modelfs.fs.daemon", "--store", str(store),
-            "--cache-mb", str(cache_mb), str(mountpoint)]
+            "--cache-mb", str(cache_mb), "--settle", str(settle), str(mountpoint)]
 
 
 def wait_mounted(mountpoint: Path, proc: subprocess.Popen[bytes] | None, timeout: float,
@@ -140,7 +141,8 @@ def wait_mounted(mountpoint: Path, proc: subprocess.Popen[bytes] | None, timeout
         time.sleep(0.05)
 
 
-def start_daemon(store: Path, mountpoint: Path, cache_mb: int, timeout: float = 60.0) -> int:
+def start_daemon(store: Path, mountpoint: Path, cache_mb: int, timeout: float = 60.0,
+                 settle: float = 1.0) -> int:
     """Spawn a detached mount daemon and return its pid once the mount is ready."""
     mnt = check_mountpoint(mountpoint)
     log = log_path(store, mnt)
@@ -149,7 +151,7 @@ def start_daemon(store: Path, mountpoint: Path, cache_mb: int, timeout: float = 
         out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} mount {mnt}\n".encode())
         out.flush()
         proc = subprocess.Popen(
-            daemon_command(store, mnt, cache_mb), stdin=subprocess.DEVNULL, stdout=out,
+            daemon_command(store, mnt, cache_mb, settle), stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, cwd="/",
         )
     wait_mounted(mnt, proc, timeout, log)
@@ -187,7 +189,8 @@ def unmount(mountpoint: Path, lazy: bool = False, timeout: float = 30.0) -> str:
 
     Without ``lazy`` a mount with open files is refused (fusermount3 says busy). With it the
     mount is detached at once and the daemon keeps serving open files, exiting after the
-    last one closes.
+    last one closes. The daemon commits every draft before it exits, so this returns once
+    what was written is a version.
     """
     mnt = Path(os.path.abspath(mountpoint))
     m = find_mount(mnt)

@@ -6,7 +6,12 @@ in a log file, so no process ever forks while holding the LMDB environment open.
 Stopping: ``fusermount3 -u`` (or ``modelfs umount``) ends it once the kernel lets go.
 SIGTERM, SIGINT or SIGHUP detach the mount at once (lazy unmount: no new opens) and keep
 serving files that are still open until they close, for at most ``--grace`` seconds; a
-second signal stops at once.
+second signal stops at once. Either way, before it exits, every closed file is stored and
+every draft it made is committed.
+
+Starting: closed files a killed daemon left in ``<store>/staging/`` are stored and their
+drafts committed (in the background, once the mount answers); staging files it never
+closed are deleted, so they never reach a version.
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ import trio
 from modelfs.errors import ModelfsError
 from modelfs.fs import control
 from modelfs.fs.ops import Operations
+from modelfs.fs.writes import Recovery, StagingArea, plan_recovery
 from modelfs.repo import Repo
 
 log = logging.getLogger("modelfs.fs")
 
 READ_AHEAD_KB = 1024  # 1 MiB FUSE read requests instead of 128 KiB
+SWITCH_INTERVAL = 0.0005
 
 
 def mount_options() -> set[str]:
@@ -88,35 +95,56 @@ async def _handle_signals(mountpoint: Path, grace: float, nursery: trio.Nursery)
             pyfuse3.terminate()
 
 
-async def _run(ops: Operations, mountpoint: Path, grace: float) -> None:
+async def _run(ops: Operations, mountpoint: Path, grace: float, recovery: Recovery) -> None:
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
         nursery.start_soon(_handle_signals, mountpoint, grace, nursery)
         nursery.start_soon(ops.watch_repo)
+        nursery.start_soon(ops.commit_loop)
         nursery.start_soon(_tune_readahead, ops, mountpoint)
+        ops.start_recovery(recovery)
         await pyfuse3.main()  # returns once the kernel drops the connection (unmounted)
+        await ops.shutdown()  # store what was closed, commit every draft
         nursery.cancel_scope.cancel()
 
 
-def serve(store: Path, mountpoint: Path, cache_mb: int = 512, grace: float = 30.0) -> None:
+def serve(store: Path, mountpoint: Path, cache_mb: int = 512, grace: float = 30.0,
+          settle: float = 1.0, stage_delay: float = 0.0) -> None:
     """Mount ``store`` at ``mountpoint`` and serve until unmounted or signalled."""
     mnt = control.check_mountpoint(mountpoint)
+    # every request is served by the one loop thread; while stage_file runs Python code in a
+    # worker, the loop waits for the GIL up to this long per request (default 5 ms)
+    sys.setswitchinterval(SWITCH_INTERVAL)
     repo = Repo.open(store, cache_bytes=cache_mb << 20)
+    staging: StagingArea | None = None
     try:
-        ops = Operations(repo, store_label=str(store))
+        try:
+            staging = StagingArea(store / "staging")
+        except OSError as e:
+            raise ModelfsError(f"cannot make a staging area in {store / 'staging'}: "
+                               f"{e.strerror}") from None
+        recovery = plan_recovery(repo.drafts(), staging)
+        if recovery.removed:
+            log.info("deleted %d staging files a previous mount never closed (never part of a "
+                     "version)", len(recovery.removed))
+        ops = Operations(repo, store_label=str(store), staging=staging, settle=settle,
+                         stage_delay=stage_delay)
         try:
             pyfuse3.init(ops, str(mnt), mount_options())
         except RuntimeError as e:
             raise ModelfsError(f"mounting {mnt} failed ({e}); see the messages above") from None
-        log.info("mounted %s at %s (pid %d, cache %d MiB)", store, mnt, os.getpid(), cache_mb)
+        log.info("mounted %s at %s (pid %d, cache %d MiB, settle %.1fs)", store, mnt,
+                 os.getpid(), cache_mb, settle)
         try:
-            trio.run(_run, ops, mnt, grace)
+            trio.run(_run, ops, mnt, grace, recovery)
         except BaseException:
             pyfuse3.close(unmount=True)
             raise
         pyfuse3.close(unmount=True)
         log.info("unmounted %s; %s", mnt, json.dumps(ops.counters(), sort_keys=True))
     finally:
+        if staging is not None:
+            staging.close()
         repo.close()
 
 
@@ -127,13 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-mb", type=int, default=512, help="decoded-chunk cache (MiB)")
     ap.add_argument("--grace", type=float, default=30.0,
                     help="seconds open files are served after SIGTERM/SIGINT")
+    ap.add_argument("--settle", type=float, default=1.0,
+                    help="seconds a model's directory must be quiet before it commits")
+    ap.add_argument("--stage-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--debug", action="store_true")
     ap.add_argument("mountpoint", type=Path)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        serve(args.store, args.mountpoint, args.cache_mb, args.grace)
+        serve(args.store, args.mountpoint, args.cache_mb, args.grace, args.settle,
+              args.stage_delay)
     except ModelfsError as e:
         print(f"modelfs mount: error: {e}", file=sys.stderr)
         return 1

@@ -9,7 +9,7 @@ free of trio so it is unit-tested directly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 
 class ReadAhead:
@@ -46,15 +46,6 @@ class ReadAhead:
             return None
         self._ahead = target
         return start, target
-
-
-def pieces(start: int, end: int, piece: int) -> Iterator[tuple[int, int]]:
-    """Split ``[start, end)`` into ``piece``-aligned ranges, one worker call each."""
-    pos = start
-    while pos < end:
-        stop = min(end, (pos // piece + 1) * piece)
-        yield pos, stop
-        pos = stop
 
 
 def merge_spans(spans: Iterable[tuple[int, int]], piece: int) -> list[tuple[int, int]]:

@@ -7,7 +7,8 @@ in ``ops.py`` turns its answers into FUSE replies and its ``FsError`` into ``FUS
 
 Naming (documented in docs/mount.md)::
 
-    /<model>/                      head of the model (moves when a version commits)
+    /<model>/                      head of the model, writable (``heads.py``): the head
+                                   version overlaid with the model's draft
     /<model>@<n>/                  version n, by lookup only (the root lists heads only)
     /.versions/<model>/<n>         symlink -> ../../<model>@<n>   (a listable index)
     /.lineage/<model>@<n>/         version  -> ../../<model>@<n>
@@ -16,8 +17,14 @@ Naming (documented in docs/mount.md)::
 
 Inode numbers are handed out on first sight of a node's identity and never reused, so
 they are stable for the life of the mount. Everything under a version is immutable and
-gets long kernel timeouts; only names that move (the model list, what a head points at,
-a version's children) get short ones.
+gets long kernel timeouts; only names that move (the model list, what a head shows, a
+version's children) get short ones. A file in a head is one inode per path, as on a
+local disk: a rename moves the inode, writes change it in place, and a file replaced or
+changed from outside the mount (a commit by the CLI) keeps its inode for the handles
+that have it open while the path gets a new one.
+
+Writes change only memory here; each returns the ``StoreOp``s the draft in the store must
+follow, which the adapter applies in a worker thread.
 """
 
 from __future__ import annotations
@@ -27,13 +34,18 @@ import errno
 import json
 import stat
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from modelfs.errors import ModelfsError, NotFound
+from modelfs.errors import InvalidName, ModelfsError, NotFound
+from modelfs.fs.heads import Content, Head, HeadError, join, parent_of, under
+from modelfs.fs.writes import Staged, StagingArea, StoreOp, with_mode
 from modelfs.lineage import FileEntry, ModelInfo, Version
+from modelfs.names import check_file_path, check_model_name
+from modelfs.repo.drafts import Draft
 
 ROOT_INO = 1
 LONG_TIMEOUT = 24 * 3600.0  # versions never change: let the kernel keep them a day
@@ -52,8 +64,18 @@ class FsError(Exception):
         self.what = what
 
 
+class DraftsView(Protocol):
+    """The part of ``modelfs.repo.drafts.Drafts`` the tree reads."""
+
+    def get(self, model: str) -> Draft | None: ...
+
+    def view(self, model: str) -> dict[str, FileEntry]: ...
+
+    def models(self) -> list[str]: ...
+
+
 class RepoView(Protocol):
-    """The part of ``modelfs.repo.Repo`` the tree reads (a fake implements it in tests)."""
+    """The part of ``modelfs.repo.Repo`` the tree reads."""
 
     def models(self) -> list[ModelInfo]: ...
 
@@ -67,13 +89,15 @@ class RepoView(Protocol):
 
     def data_version(self) -> int: ...
 
+    def drafts(self) -> DraftsView: ...
+
 
 class Kind(enum.Enum):
     ROOT = "root"
-    HEAD = "head"  # /<model>: the head version's files, under names that move
+    HEAD = "head"  # /<model>: the head version's files and the draft, writable
     VDIR = "vdir"  # /<model>@<n>: a version's root directory
-    SUBDIR = "subdir"  # a directory inside a version (or inside a head)
-    FILE = "file"  # a checkpoint file
+    SUBDIR = "subdir"  # a directory inside a version (key "v") or a head (key "hd")
+    FILE = "file"  # a checkpoint file: in a version ("v"), a head ("hf"), or gone
     LINK = "link"  # a symlink of the .versions / .lineage views
     TEXT = "text"  # a small generated file (.lineage/<ref>/how, info.json)
     VIEW = "view"  # a generated directory (.versions, .lineage and below)
@@ -91,8 +115,11 @@ class Node:
     kind: Kind
     key: tuple[Any, ...]
     vid: str | None = None  # the version this node shows (or describes)
-    path: str = ""  # path inside the version; "" for its root
-    entry: FileEntry | None = None
+    path: str = ""  # path inside the version or head; "" for its root
+    entry: FileEntry | None = None  # a version's file, or what a gone head file held
+    model: str = ""  # for nodes inside a head
+    rewritten: bool = False  # a head file opened for writing: pages the kernel has may be old
+    gone: weakref.ref[Staged] | None = None  # a gone unstored file, while a handle has it
     target: str = ""  # symlink target
     text: bytes = b""
 
@@ -159,20 +186,28 @@ def split_ref(name: str) -> tuple[str, int] | None:
 
 
 class Tree:
-    """The inode table and the naming rules of the mount, over a ``RepoView``."""
+    """The inode table and the naming rules of the mount, over a ``RepoView``.
+
+    Without a ``StagingArea`` the mount is read-only (every write is EROFS); with one, heads
+    are writable.
+    """
 
     def __init__(
         self,
         repo: RepoView,
         *,
         root_xattrs: Callable[[], Mapping[str, bytes]] | None = None,
+        head_xattrs: Callable[[str], Mapping[str, bytes]] | None = None,
+        staging: StagingArea | None = None,
         refresh_interval: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         cache_versions: int = 4096,
     ) -> None:
         self.repo = repo
+        self.staging = staging
         self._root_xattrs = root_xattrs or (lambda: {})
+        self._head_xattrs = head_xattrs or (lambda model: {})
         self._refresh_interval = refresh_interval
         self._clock = clock
         self._mounted_at = wall_clock()
@@ -183,11 +218,17 @@ class Tree:
         self._indexes: OrderedDict[str, DirIndex] = OrderedDict()
         self._cache_versions = cache_versions
         self._models: dict[str, ModelInfo] = {}
+        self._draft_models: set[str] = set()
+        self._heads: dict[str, Head] = {}
         self._data_version: int | None = None
         self._checked_at = float("-inf")
         self.pending = Invalidations()
         self._node(("root",), ROOT_INO, Kind.ROOT)
         self.refresh(force=True)
+
+    @property
+    def writable(self) -> bool:
+        return self.staging is not None
 
     # ---- inode table -------------------------------------------------------------------
 
@@ -215,6 +256,33 @@ class Tree:
     def ino_of(self, key: tuple[Any, ...]) -> int | None:
         """The inode of an identity if one was handed out (for tests and invalidation)."""
         return self._by_key.get(key)
+
+    def _retire(self, key: tuple[Any, ...], content: Content | None = None) -> int | None:
+        """A head name no longer shows this inode: it keeps what it held for open handles."""
+        ino = self._by_key.pop(key, None)
+        if ino is None:
+            return None
+        n = self._nodes[ino]
+        n.key = ("gone", ino)
+        self._by_key[n.key] = ino
+        if isinstance(content, Staged):  # keep its attributes, not its staging file
+            if content.entry is not None:
+                n.entry = content.entry
+            else:
+                n.gone = weakref.ref(content)
+        elif isinstance(content, FileEntry):
+            n.entry = content
+        return ino
+
+    def _rekey(self, old: tuple[Any, ...], new: tuple[Any, ...], parent: int | None = None) -> None:
+        ino = self._by_key.pop(old, None)
+        if ino is None:
+            return
+        n = self._nodes[ino]
+        n.key, n.path = new, new[2]
+        if parent is not None:
+            n.parent = parent
+        self._by_key[new] = ino
 
     # ---- repo views (cached: versions are immutable) -----------------------------------
 
@@ -249,8 +317,14 @@ class Tree:
         return v
 
     def models(self) -> dict[str, ModelInfo]:
+        """Models with at least one version."""
         self.refresh()
         return self._models
+
+    def head_names(self) -> list[str]:
+        """Every directory at the root: models, drafts (``modelfs derive``), and new ones."""
+        self.refresh()
+        return sorted(set(self._models) | set(self._heads) | self._draft_models)
 
     def refresh(self, force: bool = False) -> Invalidations:
         """Reload the model list when a commit has landed; queue what the kernel must forget.
@@ -262,6 +336,8 @@ class Tree:
         if not force and now - self._checked_at < self._refresh_interval:
             return Invalidations()
         self._checked_at = now
+        if self.writable:
+            self._draft_models = set(self.repo.drafts().models())
         dv = self.repo.data_version()
         if dv == self._data_version:
             return Invalidations()
@@ -272,20 +348,22 @@ class Tree:
         inv = Invalidations()
         if set(old) != set(new):
             inv.inodes.append(ROOT_INO)
-            inv.entries += [(ROOT_INO, name) for name in old.keys() - new.keys()]
             vino = self.ino_of(("versions",))
             if vino is not None:
                 inv.inodes.append(vino)
-                inv.entries += [(vino, name) for name in old.keys() - new.keys()]
         for name, info in new.items():
             before = old.get(name)
-            if before is None or before.head == info.head:
+            if before is not None and before.head == info.head:
                 continue
             head_ino = self.ino_of(("head", name))
             if head_ino is not None:
                 inv.inodes.append(head_ino)
-                if before.head is not None:
-                    inv.entries += [(head_ino, n) for n in self._index(before.head)[""]]
+            head = self._heads.get(name)
+            if head is not None and head.version != info.head:
+                if head.busy:
+                    head.stale = True
+                else:
+                    inv.entries += self._reconcile(head, info.head)
             vm = self.ino_of(("versions", name))
             if vm is not None:
                 inv.inodes.append(vm)
@@ -297,6 +375,73 @@ class Tree:
         inv, self.pending = self.pending, Invalidations()
         return inv
 
+    # ---- heads -------------------------------------------------------------------------
+
+    def head(self, model: str) -> Head | None:
+        """A model's writable directory, loaded on first use from its head and its draft."""
+        h = self._heads.get(model)
+        if h is not None:
+            return h
+        info = self.models().get(model)
+        vid = info.head if info else None
+        files: dict[str, Content] = {}
+        if self.staging is None:  # read-only: the head version, nothing pending
+            if vid is None:
+                return None
+            files.update(self.version(vid).files)
+        else:
+            drafts = self.repo.drafts()
+            draft = drafts.get(model)
+            if info is None and draft is None:
+                return None
+            files.update(drafts.view(model))
+            for path, file in (draft.staged if draft else {}).items():
+                st = self.staging.adopt(model, path, file)
+                if st is not None:
+                    files[path] = st
+        mtime = _ns(self.version(vid).time) if vid else _ns(self._mounted_at)
+        h = self._heads[model] = Head(model, vid, files, mtime)
+        return h
+
+    def _need_head(self, model: str) -> Head:
+        h = self.head(model)
+        if h is None:
+            raise FsError(errno.ENOENT, model)
+        return h
+
+    def loaded_heads(self) -> dict[str, Head]:
+        return self._heads
+
+    def _dir_ino(self, model: str, d: str) -> int | None:
+        return self.ino_of(("head", model)) if d == "" else self.ino_of(("hd", model, d))
+
+    def _reconcile(self, head: Head, vid: str | None) -> list[tuple[int, str]]:
+        """Follow a commit from elsewhere; what the kernel must forget."""
+        head.stale = False
+        out = []
+        for path, before in head.reconcile(self.repo.drafts().view(head.model), vid):
+            self._retire(("hf", head.model, path), before)
+            d = self._dir_ino(head.model, parent_of(path))
+            if d is not None:
+                out.append((d, path.rpartition("/")[2]))
+        return out
+
+    def settle(self, model: str) -> None:
+        """The adapter finished a store operation on ``model``: catch up with what it missed."""
+        head = self._heads.get(model)
+        if head is not None and head.busy == 0 and head.stale:
+            info = self.models().get(model)
+            self.pending.entries += self._reconcile(head, info.head if info else None)
+
+    def committed(self, model: str, version: Version | None) -> None:
+        """This mount committed ``model``: its head is that version now (nothing it shows moves)."""
+        head = self._heads.get(model)
+        if version is not None:
+            self._remember(version)
+            if head is not None:
+                head.version = version.id
+        self.refresh(force=True)
+
     # ---- attributes --------------------------------------------------------------------
 
     def _dir_nlink(self, subdirs: int) -> int:
@@ -305,24 +450,58 @@ class Tree:
     def getattr(self, ino: int) -> Attr:
         return self._attr(self.node(ino))
 
+    def head_content(self, n: Node) -> Content:
+        """What a file inside a head shows now (a gone one: what it showed last)."""
+        if n.key[0] == "hf":
+            c = self._need_head(n.model).files.get(n.path)
+            if c is None:
+                raise FsError(errno.ENOENT, n.path)
+            return c
+        if n.entry is not None:
+            return n.entry
+        st = n.gone() if n.gone is not None else None
+        if st is not None:
+            return st
+        raise FsError(errno.ESTALE, f"{n.path} was removed")
+
+    def _file_mtime(self, n: Node) -> int:
+        head = self._heads.get(n.model)
+        if head is None:
+            return _ns(self._mounted_at)
+        mtime = head.mtimes.get(n.path)
+        if mtime is not None:
+            return mtime
+        return _ns(self.version(head.version).time) if head.version else head.mtime_ns
+
     def _attr(self, n: Node, entry_timeout: float | None = None) -> Attr:
         k = n.kind
         long_ = LONG_TIMEOUT
+        dmode = 0o755 if self.writable else 0o555
         if k is Kind.ROOT:
-            models = self.models()
-            times = [self.version(m.head).time for m in models.values() if m.head]
+            names = self.head_names()
+            times = [self.version(m.head).time for m in self._models.values() if m.head]
             mtime = max(times, default=self._mounted_at)
-            return Attr(n.ino, stat.S_IFDIR | 0o555, self._dir_nlink(len(models) + 2), 0,
+            return Attr(n.ino, stat.S_IFDIR | dmode, self._dir_nlink(len(names) + 2), 0,
                         _ns(mtime), SHORT_TIMEOUT, SHORT_TIMEOUT)
-        if k is Kind.HEAD:
-            info = self._models.get(n.key[1])
-            if info is None or info.head is None:
-                mtime = info.created if info else self._mounted_at
-                return Attr(n.ino, stat.S_IFDIR | 0o555, 2, 0, _ns(mtime), SHORT_TIMEOUT,
-                            SHORT_TIMEOUT)
-            subdirs = sum(e is None for e in self._index(info.head)[""].values())
-            return Attr(n.ino, stat.S_IFDIR | 0o555, self._dir_nlink(subdirs), 0,
-                        _ns(self.version(info.head).time), SHORT_TIMEOUT, SHORT_TIMEOUT)
+        if k is Kind.HEAD or n.key[0] == "hd":
+            head = self._need_head(n.model)
+            mode = head.dir_mode(n.path) if self.writable else 0o555
+            return Attr(n.ino, stat.S_IFDIR | mode, self._dir_nlink(head.subdirs(n.path)), 0,
+                        head.mtime_ns, SHORT_TIMEOUT, SHORT_TIMEOUT)
+        if k is Kind.FILE and n.vid is None:  # in a head, or gone from one
+            if n.gone is not None and n.entry is None:
+                st = n.gone()
+                if st is None:
+                    raise FsError(errno.ESTALE, f"{n.path} was removed")
+                return Attr(n.ino, stat.S_IFREG | st.mode, 1, st.size, st.mtime_ns,
+                            SHORT_TIMEOUT, SHORT_TIMEOUT)
+            c = self.head_content(n)
+            if isinstance(c, Staged):  # being written: attributes move
+                return Attr(n.ino, stat.S_IFREG | c.mode, 1, c.size, c.mtime_ns,
+                            SHORT_TIMEOUT, SHORT_TIMEOUT)
+            mtime = self._file_mtime(n)
+            mode = c.mode if self.writable else _ro_mode(c.mode)
+            return Attr(n.ino, stat.S_IFREG | mode, 1, c.size, mtime, SHORT_TIMEOUT, long_)
         if k in (Kind.VDIR, Kind.SUBDIR):
             assert n.vid is not None
             subdirs = sum(e is None for e in self._index(n.vid)[n.path].values())
@@ -330,8 +509,7 @@ class Tree:
                         _ns(self.version(n.vid).time), entry_timeout or long_, long_)
         if k is Kind.FILE:
             assert n.entry is not None and n.vid is not None
-            mode = 0o444 | (0o111 if getattr(n.entry, "mode", 0o644) & 0o111 else 0)
-            return Attr(n.ino, stat.S_IFREG | mode, 1, n.entry.size,
+            return Attr(n.ino, stat.S_IFREG | _ro_mode(n.entry.mode), 1, n.entry.size,
                         _ns(self.version(n.vid).time), entry_timeout or long_, long_)
         if k is Kind.LINK:
             mtime = self.version(n.vid).time if n.vid else self._mounted_at
@@ -377,9 +555,13 @@ class Tree:
         child = self._child(p, name)
         if child is None:
             raise FsError(errno.ENOENT, name)
-        # a name directly under the root or a head moves when a commit lands
-        moving = p.kind is Kind.HEAD or (p.kind is Kind.ROOT and child.kind is Kind.HEAD)
-        return self._attr(child, SHORT_TIMEOUT if moving else None)
+        return self._attr(child, SHORT_TIMEOUT if self._moving(p, child) else None)
+
+    @staticmethod
+    def _moving(p: Node, child: Node) -> bool:
+        """Names under the root and in heads move (commits, writes); a version's never do."""
+        return p.kind is Kind.ROOT and child.kind is Kind.HEAD or p.kind is Kind.HEAD \
+            or p.key[0] == "hd"
 
     def readdir(self, ino: int) -> list[tuple[str, Attr]]:
         """The entries of a directory, in a stable order (no '.' and '..')."""
@@ -390,17 +572,16 @@ class Tree:
         for name in self._names(p):
             child = self._child(p, name)
             if child is not None:
-                moving = p.kind is Kind.HEAD or (p.kind is Kind.ROOT and child.kind is Kind.HEAD)
-                out.append((name, self._attr(child, SHORT_TIMEOUT if moving else None)))
+                out.append((name, self._attr(child, SHORT_TIMEOUT if self._moving(p, child)
+                                             else None)))
         return out
 
     def _names(self, p: Node) -> Iterable[str]:
         k = p.kind
         if k is Kind.ROOT:
-            return sorted(self.models())
-        if k is Kind.HEAD:
-            info = self.models().get(p.key[1])
-            return list(self._index(info.head)[""]) if info and info.head else []
+            return self.head_names()
+        if k is Kind.HEAD or p.key[0] == "hd":
+            return self._need_head(p.model).listing(p.path)
         if k in (Kind.VDIR, Kind.SUBDIR):
             assert p.vid is not None
             return list(self._index(p.vid)[p.path])
@@ -434,6 +615,15 @@ class Tree:
             return list(seen.values())
         return list(self.repo.children(vid))
 
+    def _is_head_name(self, name: str) -> bool:
+        if name in self.models() or name in self._heads or name in self._draft_models:
+            return True
+        try:
+            check_model_name(name)
+        except InvalidName:
+            return False
+        return self.repo.drafts().get(name) is not None  # a `modelfs derive` just now
+
     def _child(self, p: Node, name: str) -> Node | None:
         """The node ``name`` names in directory ``p``, creating its inode on first sight."""
         k = p.kind
@@ -452,14 +642,20 @@ class Tree:
                 if v is None or (v.model, v.number) != ref:
                     return None
                 return self._node(("v", v.id, ""), p.ino, Kind.VDIR, vid=v.id)
-            if name in self.models():
-                return self._node(("head", name), p.ino, Kind.HEAD)
+            if self._is_head_name(name):
+                return self._node(("head", name), p.ino, Kind.HEAD, model=name)
             return None
-        if k is Kind.HEAD:
-            info = self.models().get(p.key[1])
-            if info is None or info.head is None:
-                return None
-            return self._version_child(p, "h", info.head, "", name)
+        if k is Kind.HEAD or p.key[0] == "hd":
+            head = self._need_head(p.model)
+            path = join(p.path, name)
+            kind = head.kind(path)
+            if kind == "file":
+                return self._node(("hf", p.model, path), p.ino, Kind.FILE, path=path,
+                                  model=p.model)
+            if kind == "dir":
+                return self._node(("hd", p.model, path), p.ino, Kind.SUBDIR, path=path,
+                                  model=p.model)
+            return None
         if k in (Kind.VDIR, Kind.SUBDIR):
             assert p.vid is not None
             return self._version_child(p, p.key[0], p.vid, p.path, name)
@@ -539,10 +735,12 @@ class Tree:
             raise FsError(errno.EINVAL)
         return n.target
 
-    def content(self, ino: int) -> FileEntry | bytes:
-        """What a read of ``ino`` returns: a stored file, or the bytes of a generated one."""
+    def content(self, ino: int) -> FileEntry | Staged | bytes:
+        """What a read of ``ino`` returns: a stored file, a staging file, or generated bytes."""
         n = self.node(ino)
         if n.kind is Kind.FILE:
+            if n.vid is None:
+                return self.head_content(n)
             assert n.entry is not None
             return n.entry
         if n.kind is Kind.TEXT:
@@ -551,10 +749,215 @@ class Tree:
             raise FsError(errno.EISDIR)
         raise FsError(errno.EINVAL)
 
+    def keep_cache(self, ino: int) -> bool:
+        """Whether pages the kernel cached for ``ino`` on an earlier open are still right.
+
+        Versions never change. A head's file keeps its inode when it is rewritten in place
+        (O_TRUNC, r+), and a reader that opened it before may have cached the old bytes.
+        """
+        return not self.node(ino).rewritten
+
     def is_writable(self, ino: int) -> bool:
-        """Nothing is writable yet; a head becomes writable with snapshot-on-write (issue 4)."""
-        self.node(ino)
-        return False
+        """The root (mkdir makes a model), heads and what is in them; never a version."""
+        n = self.node(ino)
+        return self.writable and (n.kind in (Kind.ROOT, Kind.HEAD) or n.key[0] in ("hf", "hd"))
+
+    # ---- writes (memory only: each returns what the draft in the store must follow) ----
+
+    def where(self, parent: int) -> tuple[Head, str]:
+        """The head and directory a new name in ``parent`` goes to; why not, as an errno."""
+        p = self.node(parent)
+        if p.kind not in DIR_KINDS:
+            raise FsError(errno.ENOTDIR)
+        if not self.writable:
+            raise FsError(errno.EROFS)
+        if p.kind is Kind.HEAD or p.key[0] == "hd":
+            return self._need_head(p.model), p.path
+        if p.kind is Kind.ROOT:
+            raise FsError(errno.EPERM, "only model directories can be made at the root")
+        raise FsError(errno.EROFS, "versions are read-only")
+
+    @staticmethod
+    def _path(d: str, name: str) -> str:
+        path = join(d, name)
+        try:
+            check_file_path(path)
+        except InvalidName as e:
+            raise FsError(errno.EINVAL, str(e)) from None
+        return path
+
+    def _file_node(self, ino: int) -> tuple[Node, Head]:
+        n = self.node(ino)
+        if n.kind is Kind.FILE and n.key[0] == "hf":
+            return n, self._need_head(n.model)
+        if n.kind in DIR_KINDS:
+            raise FsError(errno.EISDIR)
+        if not self.writable or n.vid is not None or n.kind is not Kind.FILE:
+            raise FsError(errno.EROFS)
+        raise FsError(errno.ESTALE, "the file was removed or replaced")
+
+    def create(self, parent: int, name: str, mode: int) -> tuple[Attr, Staged]:
+        """A new, empty file open for writing."""
+        head, d = self.where(parent)
+        path = self._path(d, name)
+        if head.kind(path) is not None:
+            raise FsError(errno.EEXIST, path)
+        assert self.staging is not None
+        st = self.staging.new(head.model, path, mode)
+        st.touch()  # an empty file is a change too
+        try:
+            head.put(path, st)
+        except HeadError as e:
+            st.close_fd()
+            st.file.unlink(missing_ok=True)
+            raise FsError(e.errno, path) from None
+        node = self._node(("hf", head.model, path), parent, Kind.FILE, path=path,
+                          model=head.model)
+        return self._attr(node, SHORT_TIMEOUT), st
+
+    def open_write(self, ino: int) -> Staged:
+        """The staging file writes to ``ino`` go to: the one being written, or a new one.
+
+        A new one starts as a lazy copy of what the file holds (copied at the first write,
+        never when it is truncated first).
+        """
+        n, head = self._file_node(ino)
+        n.rewritten = True
+        c = head.files[n.path]
+        if isinstance(c, Staged) and not c.frozen:
+            return c
+        assert self.staging is not None
+        base: FileEntry | Staged = c  # a frozen Staged: copied with copy_file_range
+        st = self.staging.new(head.model, n.path, c.mode, base=base, size=c.size)
+        head.put(n.path, st)
+        return st
+
+    def mkdir(self, parent: int, name: str, mode: int) -> Attr:
+        p = self.node(parent)
+        if p.kind is Kind.ROOT and self.writable:
+            try:
+                check_model_name(name)
+            except InvalidName as e:
+                raise FsError(errno.EINVAL, str(e)) from None
+            if self._is_head_name(name):
+                raise FsError(errno.EEXIST, name)
+            self._heads[name] = Head(name, None, {})
+            if mode & 0o7777 != 0o755:
+                self._heads[name].dir_modes[""] = mode & 0o7777
+            node = self._node(("head", name), ROOT_INO, Kind.HEAD, model=name)
+            return self._attr(node, SHORT_TIMEOUT)
+        head, d = self.where(parent)
+        path = self._path(d, name)
+        try:
+            head.mkdir(path, mode)
+        except HeadError as e:
+            raise FsError(e.errno, path) from None
+        node = self._node(("hd", head.model, path), parent, Kind.SUBDIR, path=path,
+                          model=head.model)
+        return self._attr(node, SHORT_TIMEOUT)
+
+    def unlink(self, parent: int, name: str) -> list[StoreOp]:
+        head, d = self.where(parent)
+        path = join(d, name)
+        try:
+            old = head.remove(path)
+        except HeadError as e:
+            raise FsError(e.errno, path) from None
+        self._retire(("hf", head.model, path), old)
+        return [StoreOp("remove", head.model, path)]
+
+    def rmdir(self, parent: int, name: str) -> None:
+        p = self.node(parent)
+        if p.kind is Kind.ROOT and self.writable:
+            head = self._heads.get(name)
+            if head is None or head.version is not None or name in self._models \
+                    or name in self._draft_models or head.files or head.dirs:
+                raise FsError(errno.EPERM, "models are not removed through the mount")
+            del self._heads[name]
+            self._retire(("head", name))
+            return
+        head, d = self.where(parent)
+        path = join(d, name)
+        try:
+            head.rmdir(path)
+        except HeadError as e:
+            raise FsError(e.errno, path) from None
+        self._retire(("hd", head.model, path))
+
+    def rename(self, parent_old: int, old: str, parent_new: int, new: str,
+               noreplace: bool = False) -> list[StoreOp]:
+        """Rename within one model's directory (another model is EXDEV: mv copies then)."""
+        head, d_old = self.where(parent_old)
+        head_new, d_new = self.where(parent_new)
+        if head_new is not head:
+            raise FsError(errno.EXDEV, "rename across models")
+        src, dst = join(d_old, old), self._path(d_new, new)
+        try:
+            r = head.rename(src, dst, noreplace)
+        except HeadError as e:
+            raise FsError(e.errno, f"{src} -> {dst}") from None
+        m = head.model
+        if r.replaced is not None:
+            self._retire(("hf", m, dst), r.replaced)
+        if r.replaced_dir:
+            self._retire(("hd", m, dst))
+        for o, n in r.dirs:
+            self._rekey(("hd", m, o), ("hd", m, n), parent_new if o == src else None)
+        for o, n in r.files:
+            self._rekey(("hf", m, o), ("hf", m, n), parent_new if o == src else None)
+        return [StoreOp("rename", m, o, n) for o, n in r.files]
+
+    def chmod(self, ino: int, mode: int) -> list[StoreOp]:
+        n = self.node(ino)
+        if n.kind is Kind.HEAD or n.key[0] == "hd":
+            head = self._need_head(n.model)
+            head.dir_modes[n.path] = mode & 0o7777
+            return []
+        n, head = self._file_node(ino)
+        c = head.files[n.path]
+        if isinstance(c, Staged):
+            c.chmod(mode)  # a staged file is stored with its mode (fixed up if it raced)
+            return []
+        entry = with_mode(c, mode)
+        head.files[n.path] = entry
+        return [StoreOp("entry", head.model, n.path, entry=entry)] if entry != c else []
+
+    def utime(self, ino: int, mtime_ns: int) -> None:
+        """Shown while the mount runs; versions do not keep modification times."""
+        n = self.node(ino)
+        if n.kind is Kind.HEAD or n.key[0] == "hd":
+            self._need_head(n.model).mtime_ns = mtime_ns
+            return
+        n, head = self._file_node(ino)
+        c = head.files[n.path]
+        if isinstance(c, Staged):
+            c.mtime_ns = mtime_ns
+        else:
+            head.mtimes[n.path] = mtime_ns
+
+    def stored(self, st: Staged, entry: FileEntry) -> bool:
+        """A staged file was stored: its path shows the stored file now (same bytes)."""
+        head = self._heads.get(st.model)
+        return head is not None and head.stored(st, entry)
+
+    def revert(self, st: Staged) -> None:
+        """Drop a staged file that failed; the kernel must forget what it showed."""
+        head = self._heads.get(st.model)
+        if head is None or not head.revert(st):
+            return
+        ino = self.ino_of(("hf", st.model, st.path))
+        if ino is None:
+            return
+        self.pending.inodes.append(ino)
+        if st.path not in head.files:
+            self._retire(("hf", st.model, st.path), st)
+            d = self._dir_ino(st.model, parent_of(st.path))
+            if d is not None:
+                self.pending.entries.append((d, st.path.rpartition("/")[2]))
+
+    def files_under(self, model: str, top: str) -> list[str]:
+        head = self._heads.get(model)
+        return [p for p in head.files if under(p, top)] if head else []
 
     # ---- extended attributes -----------------------------------------------------------
 
@@ -564,21 +967,34 @@ class Tree:
         if n.kind is Kind.ROOT:
             return dict(self._root_xattrs())
         vid = n.vid
-        if n.kind is Kind.HEAD:
-            info = self.models().get(n.key[1])
-            vid = info.head if info else None
-        if vid is None:  # .versions, .versions/<model>, .lineage
-            return {}
-        v = self.version(vid)
-        out = {
-            XATTR_PREFIX + "version": v.id.encode(),
-            XATTR_PREFIX + "ref": v.ref.encode(),
-            XATTR_PREFIX + "parents": ",".join(v.parents).encode(),
-            XATTR_PREFIX + "parent_refs": ",".join(self.version(p).ref for p in v.parents).encode(),
-            XATTR_PREFIX + "how": (v.how or "").encode(),
-        }
-        if n.kind is Kind.FILE:
-            assert n.entry is not None
-            out[XATTR_PREFIX + "blake3"] = n.entry.blake3_hex.encode()
-            out[XATTR_PREFIX + "format"] = n.entry.format.encode()
+        extra: dict[str, bytes] = {}
+        entry = n.entry
+        if n.kind is Kind.HEAD or n.key[0] in ("hf", "hd"):
+            head = self._need_head(n.model)
+            vid = head.version
+            if n.kind is Kind.HEAD:
+                extra = dict(self._head_xattrs(n.model))
+            if n.kind is Kind.FILE:
+                c = head.files.get(n.path)
+                entry = c if isinstance(c, FileEntry) else None
+        out = {}
+        if vid is not None:
+            v = self.version(vid)
+            out = {
+                XATTR_PREFIX + "version": v.id.encode(),
+                XATTR_PREFIX + "ref": v.ref.encode(),
+                XATTR_PREFIX + "parents": ",".join(v.parents).encode(),
+                XATTR_PREFIX + "parent_refs": ",".join(self.version(p).ref
+                                                       for p in v.parents).encode(),
+                XATTR_PREFIX + "how": (v.how or "").encode(),
+            }
+        if n.kind is Kind.FILE and entry is not None:
+            out[XATTR_PREFIX + "blake3"] = entry.blake3_hex.encode()
+            out[XATTR_PREFIX + "format"] = entry.format.encode()
+        out.update(extra)
         return out
+
+
+def _ro_mode(mode: int) -> int:
+    """A version's file: read-only, executable where it was stored executable."""
+    return 0o444 | (0o111 if mode & 0o111 else 0)

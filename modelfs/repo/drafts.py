@@ -186,7 +186,9 @@ class Drafts:
 
     def stage_remove(self, model: str, path: str) -> None:
         with self.repo.store.write() as txn:
-            if path not in self._view(txn, model):
+            raw = txn.get("pending", _file_key(model, path))
+            staged = raw is not None and b'"staged"' in raw  # closed, not stored yet
+            if path not in self._view(txn, model) and not staged:
                 raise NotFound(f"{model}/{path} does not exist")
             txn.put("pending", _file_key(model, path), b'{"removed": true}')
 

@@ -121,6 +121,32 @@ def wait_for(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.05
     return pred()
 
 
+def head_ref(model_dir: Path) -> str | None:
+    """``<model>@<n>`` a head directory shows now (None before its first commit)."""
+    try:
+        return os.getxattr(model_dir, "user.modelfs.ref").decode()
+    except OSError:
+        return None
+
+
+def wait_ref(model_dir: Path, ref: str, timeout: float = 30.0) -> float:
+    """Wait until a head shows version ``ref``; returns the seconds it took."""
+    t = time.monotonic()
+    if not wait_for(lambda: head_ref(model_dir) == ref, timeout, 0.01):
+        raise AssertionError(f"{model_dir} shows {head_ref(model_dir)}, not {ref}, after "
+                             f"{timeout}s; draft: {draft_state(model_dir)}")
+    return time.monotonic() - t
+
+
+def draft_state(model_dir: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return dict(json.loads(os.getxattr(model_dir, "user.modelfs.draft")))
+    except OSError as e:
+        return {"error": str(e)}
+
+
 PY = sys.executable
 READERS = str(Path(__file__).with_name("readers.py"))
 

@@ -5,6 +5,9 @@
                                            stdin, read the rest, print the file's blake3
     python readers.py loop STOP PATH...    print "start", then read the files over and over
                                            (dropping their pages each pass) until STOP exists
+    python readers.py write DIR TAG N KIB  write N files of KIB KiB as a saver does (to a
+                                           temporary name, then renamed), printing
+                                           "<name> <blake3>" for each
 """
 
 from __future__ import annotations
@@ -60,6 +63,18 @@ def loop(stop: str, paths: list[str]) -> int:
     return 0
 
 
+def write(d: str, tag: str, n: int, kib: int) -> int:
+    for i in range(n):
+        data = (tag.encode() + i.to_bytes(4, "little")) * (kib * 1024 // (len(tag) + 4))
+        tmp = os.path.join(d, f".tmp-{tag}-{i}")
+        with open(tmp, "wb") as f:
+            for off in range(0, len(data), PIECE):
+                f.write(data[off:off + PIECE])
+        os.rename(tmp, os.path.join(d, f"{tag}-{i}.bin"))
+        print(f"{tag}-{i}.bin {blake3.blake3(data).hexdigest()}", flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     cmd, args = argv[0], argv[1:]
     if cmd == "hash":
@@ -70,6 +85,8 @@ def main(argv: list[str]) -> int:
         return pause(args[0], int(args[1]))
     if cmd == "loop":
         return loop(args[0], args[1:])
+    if cmd == "write":
+        return write(args[0], args[1], int(args[2]), int(args[3]))
     raise SystemExit(f"unknown command {cmd}")
 
 

@@ -52,12 +52,13 @@ def _pid(r: Result) -> int:
 
 
 def test_mount_as_daemon_and_umount(fs_lineage: FsLineage, mnt: Path) -> None:
-    r = mount(fs_lineage.store, str(mnt))
+    r = mount(fs_lineage.store, str(mnt), "--settle", "2.5")
     assert r.exit_code == 0, r.output
     pid = _pid(r)
     assert os.path.ismount(mnt)
     assert "minilm" in os.listdir(mnt)
-    assert control.log_path(fs_lineage.store, mnt).read_text().count("mounted") >= 1
+    log = control.log_path(fs_lineage.store, mnt).read_text()
+    assert log.count("mounted") >= 1 and "settle 2.5s" in log
     assert "already a modelfs mount" in one_line_error(mount(fs_lineage.store, str(mnt)))
     r = umount(str(mnt))
     assert r.exit_code == 0, r.output

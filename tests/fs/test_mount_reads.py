@@ -186,7 +186,8 @@ def test_unknown_names_are_enoent(mounted: Mounted, path: str) -> None:
     assert e.value.errno == want
 
 
-def test_writes_are_erofs(mounted: Mounted) -> None:
+def test_writes_to_versions_are_erofs(mounted: Mounted) -> None:
+    """Versions and the lineage views are immutable (heads are writable: test_mount_writes)."""
     d = mounted.path / "minilm@1"
     attempts: list[Callable[[], object]] = [
         lambda: open(d / "config.json", "r+b"),  # noqa: SIM115
@@ -201,8 +202,8 @@ def test_writes_are_erofs(mounted: Mounted) -> None:
         lambda: os.symlink("x", d / "link"),
         lambda: os.setxattr(d / "config.json", "user.x", b"1"),
         lambda: os.truncate(d / "config.json", 0),
-        lambda: open(mounted.path / "minilm" / "config.json", "wb"),  # noqa: SIM115
-        lambda: os.mkdir(mounted.path / "newmodel"),
+        lambda: os.mkdir(mounted.path / ".versions" / "x"),
+        lambda: open(mounted.path / ".lineage" / "minilm@1" / "how", "wb"),  # noqa: SIM115
     ]
     for i, attempt in enumerate(attempts):
         with pytest.raises(OSError) as e:

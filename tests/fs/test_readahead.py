@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modelfs.fs.readahead import ReadAhead, merge_spans, pieces
+from modelfs.fs.readahead import ReadAhead, merge_spans
 
 MiB = 1 << 20
 
@@ -43,12 +43,6 @@ def test_reordered_concurrent_requests_still_count_as_sequential() -> None:
     order = [0, 2, 1, 3, 5, 4, 6, 7]
     spans = [ra.on_read(i * MiB, MiB) for i in order]
     assert any(spans)
-
-
-def test_pieces_are_aligned() -> None:
-    assert list(pieces(3 * MiB, 9 * MiB, 2 * MiB)) == [
-        (3 * MiB, 4 * MiB), (4 * MiB, 6 * MiB), (6 * MiB, 8 * MiB), (8 * MiB, 9 * MiB)]
-    assert list(pieces(5, 5, 2)) == []
 
 
 def test_small_chunks_are_merged_big_ones_kept() -> None:

@@ -1,13 +1,15 @@
-"""The synchronous core of the mount, tested without FUSE over an in-memory fake repo."""
+"""The synchronous core of the mount, tested without FUSE over a real repo (in-memory store)."""
 
 from __future__ import annotations
 
 import errno
 import json
 import stat
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from fakerepo import FakeRepo, entry
+from repohelp import commit
 
 from modelfs.fs.tree import (
     LONG_TIMEOUT,
@@ -19,29 +21,31 @@ from modelfs.fs.tree import (
     build_dir_index,
     split_ref,
 )
+from modelfs.repo import Repo
+from modelfs.store import MemoryStore
 
 FILES = {
-    "config.json": entry("cfg"),
-    "model.safetensors": entry("model", 1000, "safetensors"),
-    "1_Pooling/config.json": entry("pool"),
-    "deep/a/b.txt": entry("b"),
-    "run.sh": entry("sh", mode=0o755),
+    "config.json": b"0123456789",
+    "model.safetensors": bytes(range(200)) * 5,
+    "1_Pooling/config.json": b"pool______",
+    "deep/a/b.txt": b"bbbbbbbbbb",
+    "run.sh": (b"#!/bin/sh\n", 0o755),
 }
 
 
 @pytest.fixture
-def repo() -> FakeRepo:
-    r = FakeRepo()
-    r.commit("base", dict(FILES))
-    r.commit("base", {**FILES, "model.safetensors": entry("model2", 1200, "safetensors")},
-             how="finetune")
-    r.commit("child", {"model.safetensors": entry("c", 900, "safetensors")},
-             derived_from=(r.resolve("base@1").id,), how="prune")
-    return r
+def repo(tmp_path: Path) -> Iterator[Repo]:
+    r = Repo.init(store=MemoryStore())
+    commit(r, tmp_path, "base", FILES)
+    commit(r, tmp_path, "base", {**FILES, "model.safetensors": bytes(1200)}, how="finetune")
+    commit(r, tmp_path, "child", {"model.safetensors": bytes(range(100)) * 9},
+           parents=["base@1"], how="prune")
+    yield r
+    r.close()
 
 
 @pytest.fixture
-def tree(repo: FakeRepo) -> Tree:
+def tree(repo: Repo) -> Tree:
     return Tree(repo, refresh_interval=0.0)
 
 
@@ -57,10 +61,11 @@ def names(tree: Tree, path: str) -> list[str]:
     return [n for n, _ in tree.readdir(walk(tree, path))]
 
 
-def test_dir_index_has_every_intermediate_directory() -> None:
-    idx = build_dir_index(FILES)
-    assert idx[""] == {"1_Pooling": None, "config.json": FILES["config.json"], "deep": None,
-                       "model.safetensors": FILES["model.safetensors"], "run.sh": FILES["run.sh"]}
+def test_dir_index_has_every_intermediate_directory(repo: Repo) -> None:
+    files = repo.resolve("base@1").files
+    idx = build_dir_index(files)
+    assert idx[""] == {"1_Pooling": None, "config.json": files["config.json"], "deep": None,
+                       "model.safetensors": files["model.safetensors"], "run.sh": files["run.sh"]}
     assert idx["deep"] == {"a": None}
     assert list(idx["deep/a"]) == ["b.txt"]
 
@@ -76,12 +81,12 @@ def test_split_ref_accepts_only_canonical_numbers(name: str, want: tuple[str, in
 def test_root_lists_heads_only(tree: Tree) -> None:
     assert names(tree, "/") == ["base", "child"]
     a = tree.getattr(ROOT_INO)
-    assert stat.S_ISDIR(a.mode) and a.mode & 0o777 == 0o555
+    assert stat.S_ISDIR(a.mode) and a.mode & 0o777 == 0o555  # read-only: no staging area
     assert a.nlink == 2 + 2 + 2  # two model dirs, .versions, .lineage
     assert a.attr_timeout == SHORT_TIMEOUT
 
 
-def test_head_and_versions_show_the_right_files(tree: Tree, repo: FakeRepo) -> None:
+def test_head_and_versions_show_the_right_files(tree: Tree) -> None:
     assert names(tree, "/base") == ["1_Pooling", "config.json", "deep", "model.safetensors",
                                     "run.sh"]
     head_model = tree.lookup(walk(tree, "/base"), "model.safetensors")
@@ -89,7 +94,8 @@ def test_head_and_versions_show_the_right_files(tree: Tree, repo: FakeRepo) -> N
     assert tree.lookup(walk(tree, "/base@1"), "model.safetensors").size == 1000
     assert tree.lookup(walk(tree, "/base@2"), "model.safetensors").size == 1200
     assert names(tree, "/base@1/deep/a") == ["b.txt"]
-    assert tree.content(walk(tree, "/base@1/deep/a/b.txt")) == FILES["deep/a/b.txt"]
+    content = tree.content(walk(tree, "/base@1/deep/a/b.txt"))
+    assert content == tree.repo.resolve("base@1").files["deep/a/b.txt"]
 
 
 def test_unknown_names_are_enoent(tree: Tree) -> None:
@@ -112,7 +118,7 @@ def test_lookup_under_a_file_is_enotdir(tree: Tree) -> None:
     assert e.value.errno == errno.ENOTDIR
 
 
-def test_attributes_of_versions(tree: Tree, repo: FakeRepo) -> None:
+def test_attributes_of_versions(tree: Tree, repo: Repo) -> None:
     v1 = repo.resolve("base@1")
     d = tree.lookup(ROOT_INO, "base@1")
     assert d.mode == stat.S_IFDIR | 0o555
@@ -130,9 +136,10 @@ def test_names_under_a_head_have_short_entry_timeouts(tree: Tree) -> None:
     assert head.entry_timeout == SHORT_TIMEOUT and head.attr_timeout == SHORT_TIMEOUT
     f = tree.lookup(head.ino, "model.safetensors")
     assert f.entry_timeout == SHORT_TIMEOUT  # the name moves with the head ...
-    assert f.attr_timeout == LONG_TIMEOUT  # ... but what the inode shows never changes
+    assert f.attr_timeout == LONG_TIMEOUT  # ... but a stored file's attributes do not
     sub = tree.lookup(head.ino, "deep")
-    assert tree.lookup(sub.ino, "a").entry_timeout == LONG_TIMEOUT
+    assert tree.lookup(sub.ino, "a").entry_timeout == SHORT_TIMEOUT  # heads are writable
+    assert tree.lookup(walk(tree, "/base@1/deep"), "a").entry_timeout == LONG_TIMEOUT
 
 
 def test_inodes_are_stable_and_distinct(tree: Tree) -> None:
@@ -146,7 +153,7 @@ def test_inodes_are_stable_and_distinct(tree: Tree) -> None:
     assert tree.lookup(walk(tree, "/base@1"), ".").ino == walk(tree, "/base@1")
 
 
-def test_versions_view(tree: Tree, repo: FakeRepo) -> None:
+def test_versions_view(tree: Tree) -> None:
     assert names(tree, "/.versions") == ["base", "child"]
     assert names(tree, "/.versions/base") == ["1", "2"]
     link = walk(tree, "/.versions/base/2")
@@ -155,7 +162,7 @@ def test_versions_view(tree: Tree, repo: FakeRepo) -> None:
     assert stat.S_ISLNK(tree.getattr(link).mode)
 
 
-def test_lineage_view(tree: Tree, repo: FakeRepo) -> None:
+def test_lineage_view(tree: Tree) -> None:
     assert names(tree, "/.lineage") == ["base@1", "base@2", "child@1"]
     assert names(tree, "/.lineage/base@1") == ["version", "parents", "children", "how",
                                                "info.json"]
@@ -165,16 +172,16 @@ def test_lineage_view(tree: Tree, repo: FakeRepo) -> None:
     assert names(tree, "/.lineage/child@1/parents") == ["base@1"]
     assert tree.readlink(walk(tree, "/.lineage/child@1/parents/base@1")) == "../../base@1"
     assert tree.readlink(walk(tree, "/.lineage/child@1/version")) == "../../child@1"
-    how = tree.content(walk(tree, "/.lineage/child@1/how"))
-    assert how == b"prune\n"
-    info = json.loads(tree.content(walk(tree, "/.lineage/child@1/info.json")))  # type: ignore[arg-type]
+    assert tree.content(walk(tree, "/.lineage/child@1/how")) == b"prune\n"
+    text = tree.content(walk(tree, "/.lineage/child@1/info.json"))
+    assert isinstance(text, bytes)
+    info = json.loads(text)
     assert info["ref"] == "child@1" and info["derived_from_refs"] == ["base@1"]
     assert info["files"]["model.safetensors"]["size"] == 900
-    assert tree.getattr(walk(tree, "/.lineage/child@1/info.json")).size == len(
-        tree.content(walk(tree, "/.lineage/child@1/info.json")))  # type: ignore[arg-type]
+    assert tree.getattr(walk(tree, "/.lineage/child@1/info.json")).size == len(text)
 
 
-def test_xattrs(tree: Tree, repo: FakeRepo) -> None:
+def test_xattrs(tree: Tree, repo: Repo) -> None:
     v2 = repo.resolve("base@2")
     x = tree.xattrs(walk(tree, "/base/model.safetensors"))
     assert x["user.modelfs.version"] == v2.id.encode()
@@ -182,14 +189,14 @@ def test_xattrs(tree: Tree, repo: FakeRepo) -> None:
     assert x["user.modelfs.parent_refs"] == b"base@1"
     assert x["user.modelfs.how"] == b"finetune"
     assert x["user.modelfs.blake3"] == v2.files["model.safetensors"].blake3_hex.encode()
-    assert x["user.modelfs.format"] == b"safetensors"
+    assert x["user.modelfs.format"] == v2.files["model.safetensors"].format.encode()
     d = tree.xattrs(walk(tree, "/base@1/deep"))
     assert d["user.modelfs.version"] == repo.resolve("base@1").id.encode()
     assert "user.modelfs.blake3" not in d
     assert tree.xattrs(walk(tree, "/.lineage/child@1"))["user.modelfs.how"] == b"prune"
 
 
-def test_root_xattrs_come_from_the_adapter(repo: FakeRepo) -> None:
+def test_root_xattrs_come_from_the_adapter(repo: Repo) -> None:
     t = Tree(repo, root_xattrs=lambda: {"user.modelfs.pid": b"42"})
     assert t.xattrs(ROOT_INO) == {"user.modelfs.pid": b"42"}
 
@@ -200,17 +207,19 @@ def test_files_are_content_dirs_are_not(tree: Tree) -> None:
     assert e.value.errno == errno.EISDIR
     with pytest.raises(FsError):
         tree.readlink(walk(tree, "/base@1/config.json"))
-    assert not tree.is_writable(walk(tree, "/base"))
+    assert not tree.is_writable(walk(tree, "/base"))  # no staging area: a read-only tree
     with pytest.raises(FsError):
         tree.node(10_000)
 
 
-def test_commit_moves_the_head_and_queues_invalidations(tree: Tree, repo: FakeRepo) -> None:
+def test_commit_moves_the_head_and_queues_invalidations(tree: Tree, repo: Repo,
+                                                        tmp_path: Path) -> None:
     head = walk(tree, "/base")
     old_file = walk(tree, "/base/model.safetensors")
+    walk(tree, "/base/config.json")
     walk(tree, "/.versions/base")
     tree.take_pending()
-    v3 = repo.commit("base", {"model.safetensors": entry("model3", 1300, "safetensors")})
+    v3 = commit(repo, tmp_path, "base", {"model.safetensors": bytes(1300)})
     inv = tree.refresh(force=True)
     assert head in inv.inodes
     assert (head, "model.safetensors") in inv.entries and (head, "config.json") in inv.entries
@@ -226,25 +235,27 @@ def test_commit_moves_the_head_and_queues_invalidations(tree: Tree, repo: FakeRe
     assert walk(tree, "/base") == head  # the head directory keeps its inode
 
 
-def test_new_model_appears(tree: Tree, repo: FakeRepo) -> None:
-    repo.commit("zeta", {"a": entry("z")})
+def test_new_model_appears(tree: Tree, repo: Repo, tmp_path: Path) -> None:
+    commit(repo, tmp_path, "zeta", {"a": b"z"})
     inv = tree.refresh(force=True)
     assert ROOT_INO in inv.inodes
     assert names(tree, "/") == ["base", "child", "zeta"]
 
 
-def test_refresh_is_throttled(repo: FakeRepo) -> None:
+def test_refresh_is_throttled(repo: Repo, tmp_path: Path) -> None:
     now = [0.0]
     t = Tree(repo, refresh_interval=10.0, clock=lambda: now[0])
-    repo.commit("zeta", {"a": entry("z")})
+    commit(repo, tmp_path, "zeta", {"a": b"z"})
     assert "zeta" not in names(t, "/")
     now[0] = 11.0
     assert "zeta" in names(t, "/")
 
 
-def test_versions_are_cached(tree: Tree, repo: FakeRepo) -> None:
+def test_versions_are_cached(tree: Tree, repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
     walk(tree, "/base@1/config.json")
-    before = repo.calls
+    calls = []
+    real = repo.version
+    monkeypatch.setattr(repo, "version", lambda vid: calls.append(vid) or real(vid))
     for _ in range(10):
         tree.getattr(walk(tree, "/base@1/config.json"))
-    assert repo.calls == before
+    assert calls == []
