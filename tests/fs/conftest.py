@@ -43,7 +43,7 @@ def fs_lineage(tmp_path_factory: pytest.TempPathFactory, trained: Any) -> FsLine
     tiny@1 (a small model with a pytorch_model.bin).
     """
     if FUSE_MISSING:
-        pytest.skip(FUSE_MISSING)
+        pytest.fail(FUSE_MISSING)
     t = trained
     root = tmp_path_factory.mktemp("fs-store")
     store = root / "store"

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from modelfs.fs import control
 from modelfs.lineage import Version
 
@@ -24,10 +22,6 @@ FUSE_MISSING = (
     if not (os.path.exists("/dev/fuse") and shutil.which("fusermount3"))
     else ""
 )
-
-
-def fuse_skip() -> pytest.MarkDecorator:
-    return pytest.mark.skipif(bool(FUSE_MISSING), reason=FUSE_MISSING or "ok")
 
 
 def force_unmount(path: Path | str) -> None:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from mounthelp import PY, FsLineage, fuse_skip, reader, start_mount, wait_for
+from mounthelp import PY, FsLineage, reader, start_mount, wait_for
 
 from modelfs.cli.mount_cmds import mount_command, umount_command
 from modelfs.fs import control
 
-pytestmark = [pytest.mark.mount, pytest.mark.timeout(120), fuse_skip()]
+pytestmark = [pytest.mark.mount, pytest.mark.timeout(120)]
 
 
 def mount(store: Path, *args: str) -> Result:

@@ -23,7 +23,6 @@ from mounthelp import (
     Mounted,
     draft_state,
     force_unmount,
-    fuse_skip,
     start_mount,
     wait_for,
     wait_ref,
@@ -32,7 +31,7 @@ from mounthelp import (
 from modelfs.fs import control
 from modelfs.repo import Repo
 
-pytestmark = [pytest.mark.mount, pytest.mark.timeout(120), fuse_skip()]
+pytestmark = [pytest.mark.mount, pytest.mark.timeout(120)]
 
 
 def weights(seed: int, mib: int) -> bytes:
@@ -45,7 +44,7 @@ def weights(seed: int, mib: int) -> bytes:
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     if FUSE_MISSING:
-        pytest.skip(FUSE_MISSING)
+        pytest.fail(FUSE_MISSING)
     s = tmp_path / "store"
     src = tmp_path / "tiny"
     src.mkdir()
@@ -198,7 +197,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(d)],
                        capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        pytest.fail(f"cannot mount a tmpfs here (root needed): {r.stderr.strip()}")
     try:
         yield d
     finally:

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mounthelp import FsLineage, Mounted, fuse_skip, reader, wait_for
+from mounthelp import FsLineage, Mounted, reader, wait_for
 
 from modelfs.fs import control
 from modelfs.repo import Repo
 
-pytestmark = [pytest.mark.mount, pytest.mark.timeout(180), fuse_skip()]
+pytestmark = [pytest.mark.mount, pytest.mark.timeout(180)]
 
 BlakeDir = Callable[[Path], dict[str, str]]
 
@@ -81,8 +81,8 @@ def test_cp_diff_and_sha256sum_work_unchanged(mounted: Mounted, fs_lineage: FsLi
 @pytest.mark.parametrize("ref", ["minilm@1", "minilm", "minilm-shards@1"])
 def test_from_pretrained_gives_the_same_outputs(mounted: Mounted, fs_lineage: FsLineage,
                                                 ref: str) -> None:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     tok = transformers.AutoTokenizer.from_pretrained(str(mounted.path / "minilm@1"),
                                                      local_files_only=True)
     batch = tok(["a checkpoint read through FUSE", "lazily rebuilt from deltas"],
@@ -97,7 +97,7 @@ def test_from_pretrained_gives_the_same_outputs(mounted: Mounted, fs_lineage: Fs
 
 
 def test_safetensors_torch_load_and_mmap(mounted: Mounted, fs_lineage: FsLineage) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     from safetensors.torch import load_file
 
     d, src = mounted.path / "tiny@1", fs_lineage.source_of("tiny@1")
@@ -222,7 +222,7 @@ def _read_ahead_bytes(mnt: Path) -> int:
 
 def test_one_tensor_decodes_only_its_chunks(fresh_mount: Callable[..., Mounted],
                                             fs_lineage: FsLineage, fs_repo: Repo) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     from safetensors import safe_open
 
     m = fresh_mount()
@@ -306,7 +306,7 @@ def test_ls_answers_while_a_large_read_runs(fresh_mount: Callable[..., Mounted],
 
 def test_a_commit_moves_the_head(mounted: Mounted, fs_lineage: FsLineage, fs_repo: Repo,
                                  tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     from safetensors.torch import save_file
 
     m = mounted.path

@@ -22,7 +22,6 @@ from mounthelp import (
     FUSE_MISSING,
     Mounted,
     draft_state,
-    fuse_skip,
     head_ref,
     reader,
     start_mount,
@@ -32,7 +31,7 @@ from mounthelp import (
 
 from modelfs.repo import Repo
 
-pytestmark = [pytest.mark.mount, pytest.mark.timeout(180), fuse_skip()]
+pytestmark = [pytest.mark.mount, pytest.mark.timeout(180)]
 
 BlakeDir = Callable[[Path], dict[str, str]]
 SETTLE = "1.0"
@@ -41,7 +40,7 @@ SETTLE = "1.0"
 @pytest.fixture(scope="module")
 def wstore(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
     if FUSE_MISSING:
-        pytest.skip(FUSE_MISSING)
+        pytest.fail(FUSE_MISSING)
     store = tmp_path_factory.mktemp("wstore") / "store"
     with Repo.init(store) as r:
         r.import_dir(minilm_dir, "minilm", infer_parent=False)
@@ -82,8 +81,8 @@ def settled(repo: Repo, model: str, n: int, seconds: float = 1.2) -> None:
 def test_save_pretrained_becomes_one_version(wmount: Mounted, wrepo: Repo, trained: Any,
                                              tmp_path: Path, blake3_of_dir: BlakeDir,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     torch.manual_seed(5)
     model = transformers.AutoModel.from_pretrained(str(trained.ft), local_files_only=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -156,7 +155,7 @@ def test_cp_r_of_a_version_makes_a_cheap_new_model(wmount: Mounted, wrepo: Repo,
 
 def test_safetensors_and_torch_save_into_a_new_model(wmount: Mounted, wrepo: Repo,
                                                      tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     from safetensors.torch import load_file, save_file
 
     d = wmount.path / "saved"

@@ -14,18 +14,16 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pyfuse3
 import pytest
+import trio
 from repohelp import commit
-
-from modelfs.repo import Repo
-from modelfs.store import MemoryStore
-
-pyfuse3 = pytest.importorskip("pyfuse3")
-trio = pytest.importorskip("trio")
 
 from modelfs.fs.ops import Operations  # noqa: E402
 from modelfs.fs.tree import ROOT_INO  # noqa: E402
 from modelfs.fs.writes import StagingArea  # noqa: E402
+from modelfs.repo import Repo
+from modelfs.store import MemoryStore
 
 MiB = 1 << 20
 SIZE = 24 * MiB
