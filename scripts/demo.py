@@ -37,6 +37,25 @@ def file_hash(p: Path) -> str:
     return blake3.blake3(p.read_bytes()).hexdigest()
 
 
+def fine_tune_into(head: Path) -> None:
+    """Load the head through the mount, take one AdamW step, save_pretrained back into it."""
+    import torch
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(head)
+    model = transformers.AutoModel.from_pretrained(head)
+    batch = tok(["a mounted checkpoint", "versions on write", "lineage as a filesystem"],
+                return_tensors="pt", padding=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
+    emb = model(**batch).last_hidden_state.mean(1)
+    loss = -torch.nn.functional.cosine_similarity(emb[0], emb[1], dim=0)
+    loss.backward()
+    opt.step()
+    t = time.time()
+    model.save_pretrained(head)
+    print(f"save_pretrained into {head}: {time.time() - t:.2f} s")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--workdir", type=Path, help="where to build (default: a new temp dir)")
@@ -87,6 +106,13 @@ def main() -> int:
             "print('embedding from the mounted head:', m(**x).last_hidden_state.mean(1)[0,:4])"
         )
         sh(f"{sys.executable} -c \"{code}\"")
+
+        print("\n== snapshot-on-write: one real training step, saved into the mounted head")
+        fine_tune_into(mnt / "minilm-ft")
+        time.sleep(2.5)  # the model commits once it has been quiet for the settle time (1 s)
+        run("log", "minilm-ft", env=env)
+        run("diff", "minilm-ft@3", "minilm-ft@4", "--stat", env=env)
+        sh(f"ls -l {mnt}/.lineage/minilm-ft@4/parents")
     finally:
         run("umount", str(mnt), env=env)
     print(f"\ndemo done; store and lineage in {work}")
