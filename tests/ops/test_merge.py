@@ -186,7 +186,9 @@ def test_conflicts_are_listed_and_nothing_is_written(small: Repo) -> None:
     assert _store_state(small) == before
     v = merge(small, small.resolve("y"), small.resolve("z"), strategy="weighted-average",
               rules=[Rule("w", "take-a"), Rule("gone", "take-a"), Rule("ids", "take-b")])
-    assert v.model == "y" and v.derived_from == (small.resolve("y@1").id, small.resolve("z").id)
+    # merged into A's own model: A is the versioning parent, B the provenance one
+    assert v.model == "y" and v.parents == (small.resolve("y@1").id, small.resolve("z").id)
+    assert v.previous == small.resolve("y@1").id and v.derived_from == (small.resolve("z").id,)
 
 
 def test_missing_base_and_unknown_strategy(small: Repo) -> None:
