@@ -101,6 +101,7 @@ FORBIDDEN = {
     "lineage": {"codecs", "formats", "repo", "cli", "fs", "ops", "remote", "demo"},
     "repo": {"cli", "fs", "ops", "remote", "demo"},
     "errors": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "remote", "demo"},
+    "registry": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "remote", "demo"},
     "names": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "remote", "demo"},
     "dtypes": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "remote", "demo"},
     "fs": {"cli"},

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 from modelfs.dtypes import DType
-from modelfs.errors import ModelfsError
+from modelfs.registry import Registry
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,39 +35,9 @@ class Codec(Protocol):
     def decode(self, payload: memoryview, length: int, ctx: EncodeContext) -> bytes: ...
 
 
-_REGISTRY: dict[str, Codec] = {}
-_loaded_entry_points = False
-
-
-def register_codec(codec: Codec) -> Codec:
-    if codec.id in _REGISTRY and _REGISTRY[codec.id] is not codec:
-        raise ModelfsError(f"codec id {codec.id!r} registered twice")
-    _REGISTRY[codec.id] = codec
-    return codec
-
-
-def _load_entry_points() -> None:
-    global _loaded_entry_points
-    if _loaded_entry_points:
-        return
-    _loaded_entry_points = True
-    for ep in entry_points(group="modelfs.codecs"):
-        obj = ep.load()
-        register_codec(obj() if isinstance(obj, type) else obj)
-
-
-def get_codec(codec_id: str) -> Codec:
-    try:
-        return _REGISTRY[codec_id]
-    except KeyError:
-        _load_entry_points()
-        if codec_id in _REGISTRY:
-            return _REGISTRY[codec_id]
-        raise ModelfsError(
-            f"chunk uses codec {codec_id!r}, which is not installed (a plug-in missing?)"
-        ) from None
-
-
-def registered_codecs() -> dict[str, Codec]:
-    _load_entry_points()
-    return dict(_REGISTRY)
+CODECS: Registry[Codec] = Registry(
+    "modelfs.codecs", "codec id", lambda c: c.id,
+    missing=lambda name, _: f"chunk uses codec {name!r}, which is not installed (a plug-in missing?)")
+register_codec = CODECS.register
+get_codec = CODECS.get
+registered_codecs = CODECS.all

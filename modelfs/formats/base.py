@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Protocol
 
 from modelfs.dtypes import BYTES, DType
-from modelfs.errors import ModelfsError
+from modelfs.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -61,30 +60,12 @@ class Format(Protocol):
         ...
 
 
-_REGISTRY: dict[str, Format] = {}
-_loaded_entry_points = False
-
-
-def register_format(fmt: Format) -> Format:
-    _REGISTRY[fmt.name] = fmt
-    return fmt
-
-
-def registered_formats() -> dict[str, Format]:
-    global _loaded_entry_points
-    if not _loaded_entry_points:
-        _loaded_entry_points = True
-        for ep in entry_points(group="modelfs.formats"):
-            obj = ep.load()
-            register_format(obj() if isinstance(obj, type) else obj)
-    return dict(_REGISTRY)
-
-
-def get_format(name: str) -> Format:
-    fmts = registered_formats()
-    if name not in fmts:
-        raise ModelfsError(f"file format {name!r} is not installed (a plug-in missing?)")
-    return fmts[name]
+FORMATS: Registry[Format] = Registry(
+    "modelfs.formats", "file format", lambda f: f.name, replace=True,
+    missing=lambda name, _: f"file format {name!r} is not installed (a plug-in missing?)")
+register_format = FORMATS.register
+get_format = FORMATS.get
+registered_formats = FORMATS.all
 
 
 def blob_layout(size: int) -> FileLayout:

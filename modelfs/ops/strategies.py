@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,6 +19,7 @@ import numpy as np
 from modelfs.codecs.mix import MixHint, TiesHint, can_combine, combine, task_vector, ties_combine
 from modelfs.dtypes import DType
 from modelfs.errors import ModelfsError
+from modelfs.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -191,32 +191,10 @@ def trim_threshold(tau: np.ndarray, density: float) -> float:
     return float(np.partition(flat, flat.size - k)[flat.size - k])
 
 
-_REGISTRY: dict[str, MergeStrategy] = {}
-_loaded_entry_points = False
-
-
-def register_merge(strategy: MergeStrategy) -> MergeStrategy:
-    if strategy.name in _REGISTRY and _REGISTRY[strategy.name] is not strategy:
-        raise ModelfsError(f"merge strategy {strategy.name!r} registered twice")
-    _REGISTRY[strategy.name] = strategy
-    return strategy
-
-
-def registered_merges() -> dict[str, MergeStrategy]:
-    global _loaded_entry_points
-    if not _loaded_entry_points:
-        _loaded_entry_points = True
-        for ep in entry_points(group="modelfs.merges"):
-            obj: Any = ep.load()
-            register_merge(obj() if isinstance(obj, type) else obj)
-    return dict(_REGISTRY)
-
-
-def get_merge(name: str) -> MergeStrategy:
-    known = registered_merges()
-    if name not in known:
-        raise ModelfsError(f"unknown merge strategy {name!r}; known: {', '.join(sorted(known))}")
-    return known[name]
+MERGES: Registry[MergeStrategy] = Registry("modelfs.merges", "merge strategy", lambda m: m.name)
+register_merge = MERGES.register
+get_merge = MERGES.get
+registered_merges = MERGES.all
 
 
 def is_numeric(dtype: DType) -> bool:

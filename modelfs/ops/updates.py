@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,10 +26,10 @@ import numpy as np
 from modelfs.codecs.lowrank import chunk_hint
 from modelfs.codecs.sparse import MAX_FRACTION, changed_positions
 from modelfs.dtypes import DType
-from modelfs.errors import ModelfsError
 from modelfs.formats import TensorPart, parse_file
 from modelfs.lineage import Version
 from modelfs.ops.commit import ChunkHint
+from modelfs.registry import Registry
 from modelfs.repo import FileReader, Repo
 from modelfs.repo.files import StoredTensor
 from modelfs.repo.importer import mapped
@@ -160,32 +159,10 @@ class DenseType:
         return None
 
 
-_REGISTRY: dict[str, UpdateType] = {}
-_loaded_entry_points = False
-
-
-def register_update(u: UpdateType) -> UpdateType:
-    if u.name in _REGISTRY and _REGISTRY[u.name] is not u:
-        raise ModelfsError(f"update type {u.name!r} registered twice")
-    _REGISTRY[u.name] = u
-    return u
-
-
-def registered_updates() -> dict[str, UpdateType]:
-    global _loaded_entry_points
-    if not _loaded_entry_points:
-        _loaded_entry_points = True
-        for ep in entry_points(group="modelfs.updates"):
-            obj: Any = ep.load()
-            register_update(obj() if isinstance(obj, type) else obj)
-    return dict(_REGISTRY)
-
-
-def get_update(name: str) -> UpdateType:
-    known = registered_updates()
-    if name not in known:
-        raise ModelfsError(f"unknown update type {name!r}; known: {', '.join(sorted(known))}")
-    return known[name]
+UPDATES: Registry[UpdateType] = Registry("modelfs.updates", "update type", lambda u: u.name)
+register_update = UPDATES.register
+get_update = UPDATES.get
+registered_updates = UPDATES.all
 
 
 for _u in (SparseType(), LowRankType(), DenseType()):
