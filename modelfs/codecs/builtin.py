@@ -85,29 +85,56 @@ def _tensor(data: bytes | np.ndarray, dt: DType) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=tdt)
 
 
-def _torch_cast(data: bytes, src: DType, dst: DType) -> np.ndarray:
-    import torch
-
-    return _tensor(data, src).to(getattr(torch, dst.torch_name or "")).view(torch.uint8).numpy()
-
-
 def _predict_same(ctx: EncodeContext) -> bytes | np.ndarray:
     return ctx.bases[0]
 
 
+_NUMPY_FLOATS = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
+
+
+def _widen(data: bytes | np.ndarray, dt: DType) -> np.ndarray:
+    """Chunk values as float32 (float64 for F64); bf16 widens exactly by a shift."""
+    if dt.name == "BF16":
+        return (np.frombuffer(data, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+    x = np.frombuffer(data, dtype=_NUMPY_FLOATS[dt.name])
+    return x if dt.name == "F64" else x.astype(np.float32)
+
+
+def _narrow(x: np.ndarray, dt: DType) -> np.ndarray:
+    """float32/64 values rounded to `dt` the IEEE way (round to nearest, ties to even), as torch
+    and numpy do, so a child made by `.half()` or `.bfloat16()` is predicted exactly."""
+    if dt.name != "BF16":
+        return x.astype(_NUMPY_FLOATS[dt.name]).view(np.uint8)
+    u = x.astype(np.float32).view(np.uint32)
+    out = ((u + (((u >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)
+    out[np.isnan(x)] = 0xFFFF  # the NaN torch's CPU conversion writes
+    return out.view(np.uint8)
+
+
+def _numpy_float(dt: DType) -> bool:
+    return dt.name in _NUMPY_FLOATS or dt.name == "BF16"
+
+
 def _predict_cast(ctx: EncodeContext) -> bytes | np.ndarray:
-    return _torch_cast(ctx.bases[0], ctx.base_dtypes[0], ctx.dtype)
+    src, dst = ctx.base_dtypes[0], ctx.dtype
+    if _numpy_float(src) and _numpy_float(dst):  # no torch: it costs a second to import
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _narrow(_widen(ctx.bases[0], src), dst)
+    import torch  # fp8: only torch has it
+
+    return _tensor(ctx.bases[0], src).to(getattr(torch, dst.torch_name or "")).view(torch.uint8).numpy()
 
 
 def _predict_avg(ctx: EncodeContext) -> bytes | np.ndarray:
+    dt = ctx.dtype
+    if _numpy_float(dt):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _narrow((_widen(ctx.bases[0], dt) + _widen(ctx.bases[1], dt)) / 2, dt)
     import torch
 
-    tdt = getattr(torch, ctx.dtype.torch_name or "")
-    a = _tensor(ctx.bases[0], ctx.dtype).to(torch.float32)
-    b = _tensor(ctx.bases[1], ctx.dtype).to(torch.float32)
-    if ctx.dtype.name == "F64":
-        a, b = a.double(), b.double()
-    return ((a + b) / 2).to(tdt).view(torch.uint8).numpy()
+    a = _tensor(ctx.bases[0], dt).to(torch.float32)
+    b = _tensor(ctx.bases[1], dt).to(torch.float32)
+    return ((a + b) / 2).to(getattr(torch, dt.torch_name or "")).view(torch.uint8).numpy()
 
 
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -233,10 +260,13 @@ CAST = register_codec(PredictXorCodec("cast", 1, _predict_cast, needs_cast=True)
 AVG = register_codec(PredictXorCodec("avg", 2, _predict_avg))
 PRUNE = register_codec(PruneCodec())
 
+
 def _delta_codecs(dtype: DType) -> tuple[PredictXorCodec | PruneCodec, ...]:
     """Float weights move by small integer steps of their bit patterns: `sub` beats `xor` there."""
     same = SUB if dtype.is_float and dtype.itemsize in _INT else XOR
     return (same, CAST, PRUNE, AVG)
+
+
 _GOOD_ENOUGH = 1 / 64  # a payload this small cannot usefully be beaten
 
 
