@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from modelfs.repo import Repo
-from modelfs.store import MemoryStore
+from modelfs.store import LmdbStore, MemoryStore, Store
 
 # -- hypothesis profiles ----------------------------------------------------------------------
 # "ci" is deterministic (derandomize) so a red CI run reproduces; "dev" explores new examples.
@@ -216,3 +216,13 @@ def modelfs_cmd() -> list[str]:
 def copy_dir(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture(params=["lmdb", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Each store implementation in turn: the layers above must not tell them apart."""
+    s: Store = LmdbStore(tmp_path / "s", create=True) if request.param == "lmdb" else MemoryStore()
+    try:
+        yield s
+    finally:
+        s.close()

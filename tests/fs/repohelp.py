@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from modelfs.fs.tree import ROOT_INO, Tree
 from modelfs.repo import Repo, Version
 
 _dirs = itertools.count()
@@ -28,3 +29,15 @@ def commit(repo: Repo, tmp: Path, model: str, files: Files, parents: list[str] |
         os.chmod(p, mode)
         paths[rel] = p
     return repo.commit_files(model, paths, parents=parents, how=how, infer_parent=False)
+
+
+def walk(tree: Tree, path: str) -> int:
+    ino = ROOT_INO
+    for part in path.strip("/").split("/"):
+        if part:
+            ino = tree.lookup(ino, part).ino
+    return ino
+
+
+def names(tree: Tree, path: str) -> list[str]:
+    return [n for n, _ in tree.readdir(walk(tree, path))]

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from repohelp import commit
+from repohelp import commit, names, walk
 
 from modelfs.fs.tree import (
     LONG_TIMEOUT,
@@ -49,16 +49,6 @@ def tree(repo: Repo) -> Tree:
     return Tree(repo, refresh_interval=0.0)
 
 
-def walk(tree: Tree, path: str) -> int:
-    ino = ROOT_INO
-    for part in path.strip("/").split("/"):
-        if part:
-            ino = tree.lookup(ino, part).ino
-    return ino
-
-
-def names(tree: Tree, path: str) -> list[str]:
-    return [n for n, _ in tree.readdir(walk(tree, path))]
 
 
 def test_dir_index_has_every_intermediate_directory(repo: Repo) -> None:

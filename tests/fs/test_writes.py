@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from repohelp import commit
+from repohelp import commit, names, walk
 
 from modelfs.fs.heads import Head, HeadError
 from modelfs.fs.tree import ROOT_INO, FsError, Kind, Tree
@@ -54,16 +54,6 @@ def tree(repo: Repo, staging: StagingArea) -> Tree:
     return Tree(repo, staging=staging, refresh_interval=0.0)
 
 
-def walk(tree: Tree, path: str) -> int:
-    ino = ROOT_INO
-    for part in path.strip("/").split("/"):
-        if part:
-            ino = tree.lookup(ino, part).ino
-    return ino
-
-
-def names(tree: Tree, path: str) -> list[str]:
-    return [n for n, _ in tree.readdir(walk(tree, path))]
 
 
 def errno_of(fn: object, *args: object) -> int:

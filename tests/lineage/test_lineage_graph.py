@@ -5,8 +5,6 @@ Run on both store implementations, since the graph only ever talks to the store 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from types import MappingProxyType
 
 import pytest
@@ -15,18 +13,11 @@ from hypothesis import strategies as st
 
 from modelfs.errors import NotFound
 from modelfs.lineage import FileEntry, LineageGraph, ModelInfo, Version
-from modelfs.store import LmdbStore, MemoryStore, Store
+from modelfs.store import Store
 
 G = LineageGraph
 
 
-@pytest.fixture(params=["lmdb", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s: Store = LmdbStore(tmp_path / "s", create=True) if request.param == "lmdb" else MemoryStore()
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def mk(vid: str, model: str, number: int, previous: str | None = None, derived: tuple[str, ...] = (),

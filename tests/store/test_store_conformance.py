@@ -7,26 +7,18 @@ both must agree on every behaviour the layers above rely on.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from modelfs.errors import StoreNotFound
-from modelfs.store import TABLES, LmdbStore, MemoryStore, Store
+from modelfs.store import TABLES, LmdbStore, Store
 
 
 class Boom(Exception):
     pass
 
 
-@pytest.fixture(params=["lmdb", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s: Store = LmdbStore(tmp_path / "s", create=True) if request.param == "lmdb" else MemoryStore()
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def _fill(store: Store, table: str, pairs: dict[bytes, bytes]) -> None:
