@@ -126,7 +126,6 @@ class Importer:
         self.settings = settings
         self.workers = workers or max(2, os.cpu_count() or 2)
         self.warnings: list[str] = []
-        self.stored_bytes = 0  # payload bytes of new chunk records
         self._seen: set[bytes] = set()
         # One thread owns every write transaction, so commits (fsync) overlap with encoding.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelfs-writer")
@@ -183,11 +182,11 @@ class Importer:
         return None if payload is None else (h.codec, list(h.bases), [r.dtype for r in recs], depth, payload)
 
     def _encode_chunk(self, data: memoryview, dt: DType, bases: list[tuple[StoredTensor, int]],
-                      hints: Sequence[Any] = ()) -> tuple[bytes, bytes | None, int]:
+                      hints: Sequence[Any] = ()) -> tuple[bytes, bytes | None]:
         key = chunk_key(data)
         with self.store.read() as txn:
             if txn.get("chunks", key) is not None:
-                return key, None, 0
+                return key, None
         base_sets, base_keys, depths = self._base_sets(bases, dt) if bases else ([], [], [])
         raw = bytes(data)
         self.cache.put(key, raw)  # a child imported next finds its base decoded already
@@ -205,7 +204,7 @@ class Importer:
                 codec_id, keys, types, depth, payload = best
         rec = ChunkRecord(codec_id, dt, depth, len(data), tuple(zip(keys, types, strict=True)),
                           memoryview(payload))
-        return key, rec.to_bytes(), len(payload)
+        return key, rec.to_bytes()
 
     # -- per file ------------------------------------------------------------------------
     def _chunk_jobs(self, path: str, mv: memoryview, layout_parts: Iterable[InlinePart | TensorPart],
@@ -254,18 +253,17 @@ class Importer:
             log.warning(warning)
             self.warnings.append(warning)
         keys: dict[int, list[bytes]] = {i: [] for i in range(len(layout.parts))}
-        window: deque[tuple[int, Future[tuple[bytes, bytes | None, int]], int]] = deque()
+        window: deque[tuple[int, Future[tuple[bytes, bytes | None]], int]] = deque()
 
         def drain(limit: int) -> None:
             while len(window) > limit:
                 pi, fut, n = window.popleft()
-                key, rec, stored = fut.result()
+                key, rec = fut.result()
                 keys[pi].append(key)
                 if rec is not None and key not in self._seen:
                     self._seen.add(key)
                     self._batch.append((key, rec))
                     self._batch_bytes += len(rec)
-                    self.stored_bytes += stored
                 if self._batch_bytes >= 32 << 20:
                     self._flush()
                 if progress:
