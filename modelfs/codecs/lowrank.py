@@ -56,17 +56,12 @@ def chunk_hint(b: np.ndarray, a: np.ndarray, scale: float, elem_start: int, n_el
 def product(b_rows: np.ndarray, a: np.ndarray, variant: str) -> np.ndarray:
     """B @ A elementwise in a fixed order (deterministic on every machine); float32 but for "f64"."""
     rank = a.shape[0]
-    if variant == "f64":
-        b64, a64 = b_rows.astype(np.float64), a.astype(np.float64)
-        acc64 = np.zeros((b_rows.shape[0], a.shape[1]), dtype=np.float64)
+    if variant in ("f64", "seq32"):
+        dt = np.float64 if variant == "f64" else np.float32
+        bd, ad = b_rows.astype(dt), a.astype(dt)
+        acc = np.zeros((b_rows.shape[0], a.shape[1]), dtype=dt)
         for k in range(rank):
-            acc64 += b64[:, k:k + 1] * a64[k:k + 1, :]
-        return acc64
-    if variant == "seq32":
-        b32, a32 = b_rows.astype(np.float32), a.astype(np.float32)
-        acc = np.zeros((b_rows.shape[0], a.shape[1]), dtype=np.float32)
-        for k in range(rank):
-            acc += b32[:, k:k + 1] * a32[k:k + 1, :]
+            acc += bd[:, k:k + 1] * ad[k:k + 1, :]
         return acc
     if variant == "fma":
         acc = np.zeros((b_rows.shape[0], a.shape[1]), dtype=np.float32)
