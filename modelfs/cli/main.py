@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -36,6 +36,8 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except ModelfsError as e:
             raise click.ClickException(str(e)) from None
+        except BrokenPipeError:
+            _pipe_closed()
         except OSError as e:
             raise click.ClickException(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
 
@@ -77,11 +79,13 @@ def _dir_size(p: Path) -> int:
 
 
 @cli.command()
+@click.option("--shared", is_flag=True,
+              help="Give the store's group the owner's access (default: the owner only).")
 @click.pass_context
-def init(ctx: click.Context) -> None:
-    """Create an empty store."""
-    Repo.init(ctx.obj["store"]).close()
-    click.echo(f"initialised empty modelfs store in {ctx.obj['store']}")
+def init(ctx: click.Context, shared: bool) -> None:
+    """Create an empty store, private to its owner unless --shared."""
+    Repo.init(ctx.obj["store"], shared=shared).close()
+    click.echo(f"initialised empty {'shared' if shared else 'private'} modelfs store in {ctx.obj['store']}")
 
 
 @cli.command("import")
@@ -92,10 +96,13 @@ def init(ctx: click.Context) -> None:
 @click.option("-m", "--message", default="", help="Message recorded with the version.")
 @click.option("--provenance", help="Free-form JSON recorded with the version.")
 @click.option("--no-infer", is_flag=True, help="Do not infer a parent for a new model.")
+@click.option("--follow-symlinks", is_flag=True,
+              help="Import what symlinks out of SRC point to (refused by default).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def import_(ctx: click.Context, src: Path, model: str, parents: tuple[str, ...], how: str | None,
-            message: str, provenance: str | None, no_infer: bool, as_json: bool) -> None:
+            message: str, provenance: str | None, no_infer: bool, follow_symlinks: bool,
+            as_json: bool) -> None:
     """Import the checkpoint directory SRC as a new version of MODEL."""
     if not src.is_dir():
         raise ModelfsError(f"{src} is not a directory")
@@ -107,7 +114,8 @@ def import_(ctx: click.Context, src: Path, model: str, parents: tuple[str, ...],
         raise ModelfsError(f"--provenance must be a JSON object such as '{{\"lr\": 1e-4}}', not {provenance}")
     with _repo(ctx) as repo, _progress(_dir_size(src), f"import {model}") as tick:
         v = repo.import_dir(src, model, parents=list(parents), how=how, message=message,
-                            provenance=prov, infer_parent=not no_infer, progress=tick)
+                            provenance=prov, infer_parent=not no_infer, progress=tick,
+                            follow_symlinks=follow_symlinks)
         for w in repo.last_import_warnings:
             click.echo(f"warning: {w}", err=True)
         inferred = repo.last_inferred_parent
@@ -274,33 +282,75 @@ def derive(ctx: click.Context, parent: str, new: str, how: str) -> None:
     click.echo(f"{new} derived from {p.ref}; write into <mount>/{new}/ and it commits as {new}@1")
 
 
+def _draft_rows(repo: Repo) -> list[dict[str, Any]]:
+    """Every draft: its pending changes, and why it is held if a save into it failed."""
+    drafts = repo.drafts()
+    rows = []
+    for name in drafts.models():
+        d = drafts.get(name)
+        if d is None:
+            continue
+        changes: dict[str, str | None] = {p: (e.blake3_hex if e else None)
+                                          for p, e in d.changes.items()}
+        changes.update({p: "staged" for p in d.staged})  # closed, being stored
+        rows.append({"model": name, "changes": changes, "held": dict(d.held)})
+    return rows
+
+
+def _print_drafts(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    if not rows:
+        click.echo("nothing pending")
+    for r in rows:
+        click.echo(f"{r['model']}: {len(r['changes'])} pending changes"
+                   + (" (held: a save failed; commit --force or discard)" if r["held"] else ""))
+        for p, why in sorted(r["held"].items()):
+            click.echo(f"  held by {p}: {why}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Drafts waiting to commit: pending changes per model, and why a held one waits."""
+    with _repo(ctx) as repo:
+        _print_drafts(_draft_rows(repo), as_json)
+
+
+@cli.command()
+@click.argument("model")
+@click.pass_context
+def discard(ctx: click.Context, model: str) -> None:
+    """Drop MODEL's draft (pending changes, a held failed save); the head is left as it was."""
+    with _repo(ctx) as repo:
+        if repo.drafts().get(model) is None:
+            repo.model(model)  # raises NotFound for an unknown model
+            click.echo(f"{model}: nothing to discard")
+            return
+        paths = repo.drafts().discard(model)
+    click.echo(f"{model}: discarded {len(paths)} pending changes")
+
+
 @cli.command()
 @click.argument("model", required=False)
 @click.option("-m", "--message", default="", help="Message recorded with the version.")
+@click.option("--force", is_flag=True,
+              help="Commit a held draft (a save into it failed) with what was closed whole.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def commit(ctx: click.Context, model: str | None, message: str, as_json: bool) -> None:
+def commit(ctx: click.Context, model: str | None, message: str, force: bool,
+           as_json: bool) -> None:
     """Commit MODEL's pending changes (files closed in the mount) now; without MODEL, list drafts."""
     with _repo(ctx) as repo:
         drafts = repo.drafts()
         if model is None:
-            rows = []
-            for name in drafts.models():
-                d = drafts.get(name)
-                changes: dict[str, str | None] = {p: (e.blake3_hex if e else None)
-                                                  for p, e in (d.changes.items() if d else [])}
-                changes.update({p: "staged" for p in (d.staged if d else {})})  # closed, storing
-                rows.append({"model": name, "changes": changes})
-            if as_json:
-                click.echo(json.dumps(rows, indent=1))
-            for r in [] if as_json else rows:
-                click.echo(f"{r['model']}: {len(r['changes'])} pending changes")
-            if not rows and not as_json:
-                click.echo("nothing pending")
+            _print_drafts(_draft_rows(repo), as_json)
             return
         if drafts.get(model) is None:
             repo.model(model)  # raises NotFound for an unknown model
-        v = drafts.commit(model, message=message)
+        v = drafts.commit(model, message=message, force=force)
     if as_json:
         click.echo(json.dumps({"committed": v.ref if v else None, "id": v.id if v else None}))
     else:
@@ -326,8 +376,21 @@ def _register_plugins() -> None:
 _register_plugins()
 
 
+def _pipe_closed() -> NoReturn:
+    """The reader went away (`modelfs log | head`): end quietly, as if killed by SIGPIPE.
+
+    Python's documented way: point stdout at /dev/null so the flush at exit cannot fail again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(128 + 13)  # 141: what git, ls and yes end with when the pipe closes
+
+
 def main() -> None:
-    cli(prog_name="modelfs")
+    try:
+        cli(prog_name="modelfs")
+    except BrokenPipeError:  # raised outside a command (by click's own output)
+        _pipe_closed()
 
 
 if __name__ == "__main__":

@@ -33,9 +33,11 @@ def _check_store(store: Path) -> None:
 @click.option("--settle", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
               help="Seconds a model's directory must be quiet (nothing open for writing) "
                    "before what was written there commits as one version.")
+@click.option("--read-only", is_flag=True,
+              help="Serve every version read-only; allowed beside the store's writable mount.")
 @click.pass_context
 def mount_command(ctx: click.Context, mountpoint: Path, foreground: bool, cache_mb: int,
-                  timeout: float, settle: float) -> None:
+                  timeout: float, settle: float, read_only: bool) -> None:
     """Mount the store at MOUNTPOINT (an empty directory).
 
     MOUNTPOINT/<model>/ is each model's head, writable: files saved there become its next
@@ -52,9 +54,10 @@ def mount_command(ctx: click.Context, mountpoint: Path, foreground: bool, cache_
             from modelfs.fs.daemon import serve
 
             logging.getLogger("modelfs.fs").setLevel(logging.INFO)
-            serve(store, mnt, cache_mb, settle=settle)
+            serve(store, mnt, cache_mb, settle=settle, read_only=read_only)
             return
-        pid = control.start_daemon(store, mnt, cache_mb, timeout=timeout, settle=settle)
+        pid = control.start_daemon(store, mnt, cache_mb, timeout=timeout, settle=settle,
+                                   read_only=read_only)
     except ModelfsError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"mounted {store} at {mnt} (daemon pid {pid}, log {control.log_path(store, mnt)})")
@@ -67,8 +70,33 @@ def mount_command(ctx: click.Context, mountpoint: Path, foreground: bool, cache_
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="Seconds to wait for the daemon to exit.")
 def umount_command(mountpoint: Path, lazy: bool, timeout: float) -> None:
-    """Unmount a modelfs mount and wait for its daemon to exit."""
+    """Unmount a modelfs mount and wait for its daemon to exit.
+
+    Exits non-zero, naming them, when drafts are left uncommitted (a save failed, or a
+    closed file could not be stored): they stay pending, see ``modelfs status``.
+    """
     try:
-        click.echo(control.unmount(mountpoint, lazy=lazy, timeout=timeout))
+        store = control.mount_store(mountpoint)
+        report = control.unmount(mountpoint, lazy=lazy, timeout=timeout)
+        click.echo(report)
+        left = [] if store is None or not report.startswith("unmounted") else _uncommitted(store)
     except ModelfsError as e:
         raise click.ClickException(str(e)) from None
+    if left:
+        raise click.ClickException("not committed: " + "; ".join(left)
+                                   + " (they stay pending: modelfs status)")
+
+
+def _uncommitted(store: Path) -> list[str]:
+    """Drafts with files that a mount left behind instead of committing."""
+    with Repo.open(store) as repo:
+        drafts = repo.drafts()
+        out = []
+        for name in drafts.models():
+            d = drafts.get(name)
+            if d is None or not (d.pending_files or d.held):
+                continue
+            why = "; ".join(f"{p}: {r}" for p, r in sorted(d.held.items()))
+            out.append(f"{name} ({why})" if why else f"{name} ({len(d.changes) + len(d.staged)}"
+                       " pending changes)")
+        return out

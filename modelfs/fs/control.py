@@ -16,10 +16,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelfs import locks
 from modelfs.errors import ModelfsError
+from modelfs.repo.access import make_dir, open_private, store_access
 
 FSTYPE = "fuse.modelfs"
 PID_XATTR = "user.modelfs.pid"
+STORE_XATTR = "user.modelfs.store"
+READ_ONLY_XATTR = "user.modelfs.read_only"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +98,25 @@ def check_mountpoint(mountpoint: Path) -> Path:
     return mnt
 
 
+def mount_lock_path(store: Path) -> Path:
+    """Held (flock) by the one writable mount of a store for as long as its daemon lives."""
+    return store / "mount.lock"
+
+
+def already_mounted(store: Path) -> str:
+    """The one line that refuses a second writable mount, naming the first."""
+    h = locks.holder(mount_lock_path(store))
+    where = f" at {h['mountpoint']} (daemon pid {h.get('pid', '?')})" if "mountpoint" in h else ""
+    return (f"{store} is already mounted writable{where}; unmount it first, or add "
+            "--read-only to mount it read-only beside it")
+
+
+def check_store_free(store: Path) -> None:
+    """Refuse, before spawning a daemon, a writable mount of a store that has one."""
+    if locks.held(mount_lock_path(store)):
+        raise ModelfsError(already_mounted(store))
+
+
 def log_path(store: Path, mountpoint: Path) -> Path:
     """One log per (store, mount point): ``<store>/logs/mount-<name>-<hash>.log``."""
     mnt = os.path.abspath(mountpoint)
@@ -110,10 +133,11 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
-def daemon_command(store: Path, mountpoint: Path, cache_mb: int, settle: float = 1.0
-                   ) -> list[str]:
+def daemon_command(store: Path, mountpoint: Path, cache_mb: int, settle: float = 1.0,
+                   read_only: bool = False) -> list[str]:
     return [sys.executable, "-m", "modelfs.fs.daemon", "--store", str(store),
-            "--cache-mb", str(cache_mb), "--settle", str(settle), str(mountpoint)]
+            "--cache-mb", str(cache_mb), "--settle", str(settle),
+            *(["--read-only"] if read_only else []), str(mountpoint)]
 
 
 def wait_mounted(mountpoint: Path, proc: subprocess.Popen[bytes] | None, timeout: float,
@@ -142,20 +166,34 @@ def wait_mounted(mountpoint: Path, proc: subprocess.Popen[bytes] | None, timeout
 
 
 def start_daemon(store: Path, mountpoint: Path, cache_mb: int, timeout: float = 60.0,
-                 settle: float = 1.0) -> int:
+                 settle: float = 1.0, read_only: bool = False) -> int:
     """Spawn a detached mount daemon and return its pid once the mount is ready."""
     mnt = check_mountpoint(mountpoint)
+    if not read_only:
+        check_store_free(store)
     log = log_path(store, mnt)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
+    access = store_access(store)  # logs name models and files: as private as the store
+    make_dir(log.parent, access)
+    with open_private(log, access) as out:
         out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} mount {mnt}\n".encode())
         out.flush()
         proc = subprocess.Popen(
-            daemon_command(store, mnt, cache_mb, settle), stdin=subprocess.DEVNULL, stdout=out,
+            daemon_command(store, mnt, cache_mb, settle, read_only), stdin=subprocess.DEVNULL,
+            stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, cwd="/",
         )
     wait_mounted(mnt, proc, timeout, log)
     return proc.pid
+
+
+def mount_store(mountpoint: Path) -> Path | None:
+    """The store a writable mount serves (None for a read-only or a foreign mount)."""
+    try:
+        if os.getxattr(mountpoint, READ_ONLY_XATTR) == b"1":
+            return None
+        return Path(os.fsdecode(os.getxattr(mountpoint, STORE_XATTR)))
+    except OSError:
+        return None
 
 
 def daemon_pid(mountpoint: Path) -> int | None:

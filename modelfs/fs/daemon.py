@@ -27,6 +27,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from modelfs import locks
 from modelfs.errors import ModelfsError
 from modelfs.fs import control
 from modelfs.fs.ops import Operations
@@ -108,22 +109,39 @@ async def _run(ops: Operations, mountpoint: Path, grace: float, recovery: Recove
         nursery.cancel_scope.cancel()
 
 
+def _writer_lock(store: Path, mnt: Path) -> locks.ExclusiveLock:
+    """One writable mount per store, held for the daemon's life (the kernel drops it on death).
+
+    Two writable mounts would each commit their own view of a model and lose the other's
+    closed files; read-only mounts need no lock.
+    """
+    try:
+        return locks.ExclusiveLock(control.mount_lock_path(store),
+                                   {"pid": os.getpid(), "mountpoint": str(mnt)})
+    except BlockingIOError:
+        raise ModelfsError(control.already_mounted(store)) from None
+    except OSError as e:
+        raise ModelfsError(f"cannot lock {store} for a writable mount: {e.strerror}") from None
+
+
 def serve(store: Path, mountpoint: Path, cache_mb: int = 512, grace: float = 30.0,
-          settle: float = 1.0, stage_delay: float = 0.0) -> None:
+          settle: float = 1.0, stage_delay: float = 0.0, read_only: bool = False) -> None:
     """Mount ``store`` at ``mountpoint`` and serve until unmounted or signalled."""
     mnt = control.check_mountpoint(mountpoint)
     # every request is served by the one loop thread; while stage_file runs Python code in a
     # worker, the loop waits for the GIL up to this long per request (default 5 ms)
     sys.setswitchinterval(SWITCH_INTERVAL)
+    lock = None if read_only else _writer_lock(store, mnt)
     repo = Repo.open(store, cache_bytes=cache_mb << 20)
     staging: StagingArea | None = None
     try:
-        try:
-            staging = StagingArea(store / "staging")
-        except OSError as e:
-            raise ModelfsError(f"cannot make a staging area in {store / 'staging'}: "
-                               f"{e.strerror}") from None
-        recovery = plan_recovery(repo.drafts(), staging)
+        if not read_only:
+            try:
+                staging = StagingArea(store / "staging")
+            except OSError as e:
+                raise ModelfsError(f"cannot make a staging area in {store / 'staging'}: "
+                                   f"{e.strerror}") from None
+        recovery = plan_recovery(repo.drafts(), staging) if staging else Recovery()
         if recovery.removed:
             log.info("deleted %d staging files a previous mount never closed (never part of a "
                      "version)", len(recovery.removed))
@@ -133,8 +151,8 @@ def serve(store: Path, mountpoint: Path, cache_mb: int = 512, grace: float = 30.
             pyfuse3.init(ops, str(mnt), mount_options())
         except RuntimeError as e:
             raise ModelfsError(f"mounting {mnt} failed ({e}); see the messages above") from None
-        log.info("mounted %s at %s (pid %d, cache %d MiB, settle %.1fs)", store, mnt,
-                 os.getpid(), cache_mb, settle)
+        log.info("mounted %s at %s (pid %d, cache %d MiB, settle %.1fs%s)", store, mnt,
+                 os.getpid(), cache_mb, settle, ", read-only" if read_only else "")
         try:
             trio.run(_run, ops, mnt, grace, recovery)
         except BaseException:
@@ -146,6 +164,8 @@ def serve(store: Path, mountpoint: Path, cache_mb: int = 512, grace: float = 30.
         if staging is not None:
             staging.close()
         repo.close()
+        if lock is not None:
+            lock.release()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds open files are served after SIGTERM/SIGINT")
     ap.add_argument("--settle", type=float, default=1.0,
                     help="seconds a model's directory must be quiet before it commits")
+    ap.add_argument("--read-only", action="store_true",
+                    help="serve every version read-only (works beside a writable mount)")
     ap.add_argument("--stage-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--debug", action="store_true")
     ap.add_argument("mountpoint", type=Path)
@@ -165,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         serve(args.store, args.mountpoint, args.cache_mb, args.grace, args.settle,
-              args.stage_delay)
+              args.stage_delay, args.read_only)
     except ModelfsError as e:
         print(f"modelfs mount: error: {e}", file=sys.stderr)
         return 1

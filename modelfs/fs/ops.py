@@ -125,11 +125,10 @@ def erofs() -> FsError:
 
 
 def _store_errno(e: BaseException) -> int:
-    """ENOSPC when the disk (or LMDB's map) is full, else EIO."""
-    if isinstance(e, OSError) and e.errno:
-        return e.errno
-    text = str(e).lower()
-    return errno.ENOSPC if "no space" in text or "full" in text else errno.EIO
+    """The errno a failed store write carries (StoreIOError: ENOSPC when the disk or LMDB's
+    map is full, EROFS when read-only; or an OSError's), else EIO. Never read from the text."""
+    code = getattr(e, "errno", None)
+    return code if isinstance(code, int) and code > 0 else errno.EIO
 
 
 class Operations(pyfuse3.Operations):
@@ -187,6 +186,7 @@ class Operations(pyfuse3.Operations):
         return {
             "user.modelfs.pid": str(os.getpid()).encode(),
             "user.modelfs.store": self._store_label.encode(),
+            "user.modelfs.read_only": b"0" if self.staging is not None else b"1",
             "user.modelfs.counters": json.dumps(self.counters(), sort_keys=True).encode(),
         }
 
@@ -263,6 +263,7 @@ class Operations(pyfuse3.Operations):
             await trio.sleep(interval)
             try:
                 self.tree.refresh()
+                await self.check_holds()
             except Exception:
                 log.exception("refreshing the model list failed")
                 continue
@@ -346,9 +347,15 @@ class Operations(pyfuse3.Operations):
                     continue
                 if not (a.dirty or force):
                     return
+                if a.held:
+                    log.warning("%s: not committed (%s): a save into it failed; `modelfs "
+                                "commit %s --force` or `modelfs discard %s`", model, why,
+                                model, model)
+                    return
+                own = self.staging.dir if self.staging is not None else None
                 try:
-                    res = await trio.to_thread.run_sync(commit_model, self.drafts, model,
-                                                        limiter=self._io_limiter)
+                    res = await trio.to_thread.run_sync(commit_model, self.drafts, model, "",
+                                                        own, limiter=self._io_limiter)
                 except Exception as e:
                     wait = self.settler.failed(model)
                     self._error(model, f"commit failed ({why}): {e}; retrying in {wait:.0f}s")
@@ -368,12 +375,21 @@ class Operations(pyfuse3.Operations):
         self._send_invalidations()
 
     def start_recovery(self, plan: Recovery) -> None:
-        """Store what a killed daemon left (its closed files) and commit those drafts."""
+        """Store what a killed daemon left (its closed files) and commit those drafts.
+
+        Held drafts (a save into them failed) are stored but wait for the user.
+        """
         assert self.nursery is not None
-        for model in plan.commit:
+        for model, held in plan.held.items():
+            self.settler.of(model).held.update(held)
+            log.warning("%s: draft held since a save into it failed (%s); `modelfs commit %s "
+                        "--force` or `modelfs discard %s`", model, "; ".join(held.values()),
+                        model, model)
+        for model in sorted(set(plan.commit) | set(plan.dead)):
             head = self.tree.head(model)
             a = self.settler.of(model)
-            a.dirty = a.urgent = True
+            a.dirty = True
+            a.urgent = model in plan.commit
             dead = set(plan.dead.get(model, ()))
             for st in head.staged() if head else []:
                 if st.recovered and st.file in dead:
@@ -382,6 +398,42 @@ class Operations(pyfuse3.Operations):
             log.info("%s: recovering a draft left by an earlier mount (%d closed files to store)",
                      model, len(dead))
         self._poke()
+
+    async def _hold(self, model: str, path: str, why: str) -> None:
+        """A save into ``model`` failed: its burst must not commit as if it were whole.
+
+        Recorded in the store too, so neither a restarted mount nor a plain ``modelfs
+        commit`` commits it; ``commit --force`` or ``discard`` decides.
+        """
+        self.settler.of(model).held[path] = why
+        try:
+            await trio.to_thread.run_sync(self.drafts.hold, model, path, why,
+                                          limiter=self._io_limiter)
+        except Exception as e:
+            log.error("%s: could not record the hold in the store (%s); this mount still "
+                      "will not commit it", model, e)
+
+    async def _unhold(self, model: str, path: str) -> None:
+        a = self.settler.of(model)
+        if a.held.pop(path, None) is not None:
+            await trio.to_thread.run_sync(self.drafts.release_hold, model, path,
+                                          limiter=self._io_limiter)
+            log.info("%s/%s: saved whole now; it no longer holds the draft", model, path)
+
+    async def check_holds(self) -> None:
+        """Follow ``modelfs commit --force`` / ``discard`` of a held draft made from the CLI."""
+        for model, a in list(self.settler.models.items()):
+            if not a.held:
+                continue
+            draft = await trio.to_thread.run_sync(self.drafts.get, model,
+                                                  limiter=self._io_limiter)
+            if draft is not None and draft.held:
+                continue
+            log.info("%s: its held draft was committed or discarded from the CLI", model)
+            a.held.clear()
+            a.dirty = draft is not None and draft.pending_files
+            self.tree.resync(model)
+            self._send_invalidations()
 
     async def shutdown(self) -> None:
         """Before exiting: store every closed file and commit every draft this mount made."""
@@ -705,6 +757,7 @@ class Operations(pyfuse3.Operations):
             raise FsError(st.broken) from None
         st.recorded_gen = gen
         self.stats.files_recorded += 1
+        await self._unhold(st.model, st.path)
         self._touch(st.model, dirty=True)
 
     @boundary
@@ -734,8 +787,8 @@ class Operations(pyfuse3.Operations):
     async def _closed(self, st: Staged) -> None:
         """The last writer closed: keep the file (record, then store it), or drop it."""
         if st.broken:
-            self._drop(st, f"{st.path}: not kept after a failed write or close "
-                       f"({os.strerror(st.broken)}); the path shows what it held before")
+            await self._drop(st, f"{st.path}: not kept after a failed write or close "
+                             f"({os.strerror(st.broken)}); the path shows what it held before")
             return
         if st.gen == 0:  # opened for writing, never changed
             self.tree.revert(st)
@@ -747,19 +800,21 @@ class Operations(pyfuse3.Operations):
         try:
             await self._record(st)
         except FsError:
-            self._drop(st, f"{st.path}: not kept")
+            await self._drop(st, f"{st.path}: not kept")
             return
         st.freeze()
         assert self.nursery is not None
         self.settler.of(st.model).storing += 1
         self.nursery.start_soon(self._store, st)
 
-    def _drop(self, st: Staged, why: str) -> None:
+    async def _drop(self, st: Staged, why: str) -> None:
+        """A file whose save failed: not kept, and its burst held back (never half a save)."""
         self._error(st.model, why)
         self.tree.revert(st)
         # a pending pointer to it (from an earlier close) is dropped by the next commit
         st.file.unlink(missing_ok=True)
         self._send_invalidations()
+        await self._hold(st.model, st.path, why)
 
     async def _store(self, st: Staged) -> None:
         """stage_file in a worker thread: diff against the parent, store, replace the pointer."""
@@ -781,9 +836,11 @@ class Operations(pyfuse3.Operations):
                 await self._store_ops(model, [StoreOp("entry", model, st.path,
                                                       entry=with_mode(entry, st.mode))])
         except Exception as e:
-            self._error(model, f"{st.path}: storing the closed file failed: {e}; it stays "
-                        "pending (the next commit or mount retries)")
+            why = f"storing the closed file failed: {e}"
+            self._error(model, f"{st.path}: {why}; it stays pending (a forced commit, or the "
+                        "next mount, retries)")
             log.debug("stage_file failed", exc_info=True)
+            await self._hold(model, st.path, why)
         finally:
             self.settler.of(model).storing -= 1  # not a change: the settle clock runs on
             self._done_something()

@@ -40,11 +40,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from modelfs.errors import InvalidName, ModelfsError, NotFound
+from modelfs.errors import InvalidName, ModelfsError, NameTooLong, NotFound
 from modelfs.fs.heads import Content, Head, HeadError, join, parent_of, under
 from modelfs.fs.writes import Staged, StagingArea, StoreOp, with_mode
 from modelfs.lineage import FileEntry, ModelInfo, Version
-from modelfs.names import check_file_path, check_model_name
+from modelfs.names import NAME_MAX, check_file_path, check_model_name, name_bytes
 from modelfs.repo.drafts import Draft
 
 ROOT_INO = 1
@@ -433,6 +433,17 @@ class Tree:
             info = self.models().get(model)
             self.pending.entries += self._reconcile(head, info.head if info else None)
 
+    def resync(self, model: str) -> None:
+        """Show what the store holds for ``model`` now (its draft changed from elsewhere)."""
+        head = self._heads.get(model)
+        if head is None:
+            return
+        if head.busy:
+            head.stale = True
+            return
+        info = self.models().get(model)
+        self.pending.entries += self._reconcile(head, info.head if info else None)
+
     def committed(self, model: str, version: Version | None) -> None:
         """This mount committed ``model``: its head is that version now (nothing it shows moves)."""
         head = self._heads.get(model)
@@ -552,6 +563,8 @@ class Tree:
             return self._attr(p)
         if name == "..":
             return self._attr(self.node(p.parent))
+        if name_bytes(name) > NAME_MAX:  # as a local filesystem answers (FUSE allows 1024)
+            raise FsError(errno.ENAMETOOLONG, name[:40])
         child = self._child(p, name)
         if child is None:
             raise FsError(errno.ENOENT, name)
@@ -783,7 +796,7 @@ class Tree:
         try:
             check_file_path(path)
         except InvalidName as e:
-            raise FsError(errno.EINVAL, str(e)) from None
+            raise FsError(_name_errno(e), str(e)) from None
         return path
 
     def _file_node(self, ino: int) -> tuple[Node, Head]:
@@ -838,7 +851,7 @@ class Tree:
             try:
                 check_model_name(name)
             except InvalidName as e:
-                raise FsError(errno.EINVAL, str(e)) from None
+                raise FsError(_name_errno(e), str(e)) from None
             if self._is_head_name(name):
                 raise FsError(errno.EEXIST, name)
             self._heads[name] = Head(name, None, {})
@@ -993,6 +1006,11 @@ class Tree:
             out[XATTR_PREFIX + "format"] = entry.format.encode()
         out.update(extra)
         return out
+
+
+def _name_errno(e: InvalidName) -> int:
+    """ENAMETOOLONG for a name no local filesystem could hold (so `export` cannot fail on it)."""
+    return errno.ENAMETOOLONG if isinstance(e, NameTooLong) else errno.EINVAL
 
 
 def _ro_mode(mode: int) -> int:

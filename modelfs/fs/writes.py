@@ -34,15 +34,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from modelfs import locks
 from modelfs.errors import NotFound
 from modelfs.lineage import FileEntry, Version
+from modelfs.repo.drafts import STAGING_LOCK
 
 if TYPE_CHECKING:
     from modelfs.repo.drafts import Drafts
 
 log = logging.getLogger("modelfs.fs")
 
-LOCK_NAME = ".lock"
+LOCK_NAME = STAGING_LOCK
 COPY_PIECE = 8 << 20
 
 
@@ -227,6 +229,7 @@ class StagingArea:
         root.mkdir(parents=True, exist_ok=True)
         self.dir = root / f"mount-{os.getpid()}-{secrets.token_hex(3)}"
         self.dir.mkdir()
+        os.chmod(self.dir, root.stat().st_mode & 0o7777)  # as private (or shared) as the store
         self._lock: IO[str] | None = open(self.dir / LOCK_NAME, "w")  # noqa: SIM115 (held for life)
         fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._n = 0
@@ -275,16 +278,7 @@ class StagingArea:
     # -- other mounts' directories -------------------------------------------------------
     @staticmethod
     def _alive(d: Path) -> bool:
-        try:
-            with open(d / LOCK_NAME) as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return True
-                fcntl.flock(f, fcntl.LOCK_UN)
-                return False
-        except FileNotFoundError:
-            return False
+        return locks.held(d / LOCK_NAME)
 
     def owned_by_live_mount(self, file: Path) -> bool:
         """Whether a staging file belongs to a mount that is running now (this one included)."""
@@ -391,6 +385,7 @@ class Recovery:
 
     dead: dict[str, list[Path]] = field(default_factory=dict)  # model -> staging files
     commit: list[str] = field(default_factory=list)  # models whose drafts commit at once
+    held: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> path -> why
     removed: list[Path] = field(default_factory=list)  # orphans: never closed, deleted
 
 
@@ -398,7 +393,8 @@ def plan_recovery(drafts: Drafts, staging: StagingArea) -> Recovery:
     """Find what a killed daemon left; delete the staging files it never closed.
 
     A model commits at start when it has pending file changes and no other running mount
-    is storing files of it. Drafts made by ``modelfs derive`` without files wait.
+    is storing files of it. Drafts made by ``modelfs derive`` without files wait, and so do
+    held drafts (a save into them failed): their closed files are stored, not committed.
     """
     r = Recovery()
     keep: set[Path] = set()
@@ -411,7 +407,9 @@ def plan_recovery(drafts: Drafts, staging: StagingArea) -> Recovery:
         dead = sorted(f for f in d.staged.values() if f not in live)
         if dead:
             r.dead[model] = dead
-        if (d.changes or dead) and not live:
+        if d.held:
+            r.held[model] = dict(d.held)
+        if (d.changes or dead) and not live and not d.held:
             r.commit.append(model)
     r.removed = staging.sweep(keep)
     return r
@@ -424,12 +422,13 @@ class Committed:
     seconds: float
 
 
-def commit_model(drafts: Drafts, model: str, message: str = "") -> Committed:
+def commit_model(drafts: Drafts, model: str, message: str = "", own: Path | None = None
+                 ) -> Committed:
     """Commit a model's draft as one version (worker thread); what changed, for the log."""
     t0 = time.monotonic()
     draft = drafts.get(model)
     changed = tuple(sorted(set(draft.changes) | set(draft.staged))) if draft else ()
-    v = drafts.commit(model, message=message)
+    v = drafts.commit(model, message=message, own=own)
     return Committed(v, changed, time.monotonic() - t0)
 
 
@@ -448,10 +447,11 @@ class Activity:
     retry_at: float = float("-inf")  # after a failed commit
     failures: int = 0
     errors: list[str] = field(default_factory=list)
+    held: dict[str, str] = field(default_factory=dict)  # path -> why its save failed
 
     def to_json(self) -> dict[str, object]:
         return {"open_for_writing": self.writers, "storing": self.storing,
-                "pending": self.dirty, "errors": len(self.errors)}
+                "pending": self.dirty, "errors": len(self.errors), "held": dict(self.held)}
 
 
 class Settler:
@@ -491,7 +491,8 @@ class Settler:
         del a.errors[: -self.MAX_ERRORS]
 
     def _ready(self, a: Activity) -> bool:
-        return a.dirty and a.writers == 0 and a.storing == 0
+        """Held drafts never commit by themselves: a save into them failed (see ``hold``)."""
+        return a.dirty and a.writers == 0 and a.storing == 0 and not a.held
 
     def _at(self, a: Activity) -> float:
         """When a ready model becomes due."""

@@ -11,8 +11,13 @@ staging file whose chunks are not stored yet. The mount records one on every clo
 cheap, and stores the file in the background; `recover` (run when a mount starts and before
 every commit) stores whatever pointers a killed daemon left behind.
 
-Pending keys: ``model NUL "m"`` -> draft metadata (parents of a new model, how), and
+Pending keys: ``model NUL "m"`` -> draft metadata (parents of a new model, how, and the
+paths whose save failed: a *held* draft, never committed automatically), and
 ``model NUL "f" NUL path`` -> the file entry, a removal marker, or a staged pointer.
+
+Every read-modify-write of a pending record happens in one write transaction against the
+record's current value: a mount and a CLI may work on the same draft at once. Staging files
+of a mount that is still running are its own; only those of dead mounts are recovered here.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelfs import locks
 from modelfs.errors import Conflict, NotFound
 from modelfs.lineage import FileEntry, Version
 from modelfs.names import check_file_path, check_model_name
@@ -45,6 +51,18 @@ def _file_key(model: str, path: str) -> bytes:
     return model.encode() + b"\0f\0" + path.encode()
 
 
+def _staged_marker(staging: Path) -> bytes:
+    return json.dumps({"staged": str(staging)}).encode()
+
+
+STAGING_LOCK = ".lock"
+
+
+def staging_owner_alive(staging: Path) -> bool:
+    """Whether the mount that wrote this staging file still runs (it flocks its directory)."""
+    return locks.held(staging.parent / STAGING_LOCK)
+
+
 @dataclass
 class Draft:
     model: str
@@ -53,10 +71,11 @@ class Draft:
     inferred: bool = False
     changes: dict[str, FileEntry | None] = field(default_factory=dict)  # None: removed
     staged: dict[str, Path] = field(default_factory=dict)  # closed, not yet stored
+    held: dict[str, str] = field(default_factory=dict)  # path -> why its save failed
 
     @property
-    def empty(self) -> bool:
-        return not self.changes
+    def pending_files(self) -> bool:
+        return bool(self.changes or self.staged)
 
 
 class Drafts:
@@ -80,7 +99,7 @@ class Drafts:
             return None
         m = json.loads(meta) if meta else {}
         return Draft(model, tuple(m.get("derived_from", ())), m.get("how"), m.get("inferred", False),
-                     changes, staged)
+                     changes, staged, dict(m.get("held", {})))
 
     def get(self, model: str) -> Draft | None:
         with self.repo.store.read() as txn:
@@ -172,7 +191,7 @@ class Drafts:
             if expect_staged is not None:
                 # the pointer may have moved (rename) while we stored: follow it, whatever its path
                 prefix = model.encode() + b"\0f\0"
-                marker = json.dumps({"staged": str(expect_staged)}).encode()
+                marker = _staged_marker(expect_staged)
                 for k, v in list(txn.items("pending", prefix)):
                     if v == marker:
                         txn.put("pending", k, json.dumps(entry.to_json()).encode())
@@ -191,6 +210,9 @@ class Drafts:
             if path not in self._view(txn, model) and not staged:
                 raise NotFound(f"{model}/{path} does not exist")
             txn.put("pending", _file_key(model, path), b'{"removed": true}')
+            orphan = self._orphaned(txn, model, raw)
+        if orphan is not None:
+            orphan.unlink(missing_ok=True)
 
     def stage_rename(self, model: str, old: str, new: str) -> None:
         """Move a file within a model's draft; no data is copied or re-encoded."""
@@ -204,30 +226,85 @@ class Drafts:
                 if old not in files:
                     raise NotFound(f"{model}/{old} does not exist")
                 value = json.dumps(files[old].to_json()).encode()
+            replaced = txn.get("pending", _file_key(model, new))
             txn.put("pending", _file_key(model, new), value)
             txn.put("pending", _file_key(model, old), b'{"removed": true}')
+            orphan = self._orphaned(txn, model, replaced)
+        if orphan is not None:
+            orphan.unlink(missing_ok=True)
+
+    @staticmethod
+    def _orphaned(txn: ReadTxn, model: str, raw: bytes | None) -> Path | None:
+        """The staging file of a dropped pointer, if no other path points at it any more.
+
+        A closed file removed before it was stored is garbage now: its space goes at once
+        (open handles keep reading it), not at the next mount.
+        """
+        if raw is None or b'"staged"' not in raw:
+            return None
+        if any(v == raw for _, v in txn.items("pending", model.encode() + b"\0f\0")):
+            return None
+        return Path(json.loads(raw)["staged"])
 
     def record_staged(self, model: str, path: str, staging: Path) -> None:
         """Make a closed, fsync'd staging file durable as a pending change (cheap: no encoding)."""
         check_model_name(model)
         check_file_path(path)
         with self.repo.store.write() as txn:
-            txn.put("pending", _file_key(model, path), json.dumps({"staged": str(staging)}).encode())
+            txn.put("pending", _file_key(model, path), _staged_marker(staging))
 
-    def recover(self, model: str | None = None) -> list[str]:
-        """Store every staged pointer left pending (by a killed daemon); returns what it stored."""
+    def recover(self, model: str | None = None, own: Path | None = None) -> list[str]:
+        """Store the staged pointers dead mounts left pending; returns what it stored.
+
+        Pointers into a running mount's staging directory are that mount's to store, except
+        those under ``own`` (the calling mount's directory, which retries its own).
+        """
         done = []
         for name in [model] if model else self.models():
             draft = self.get(name)
             for path, staging in sorted((draft.staged if draft else {}).items()):
-                if not staging.exists():
-                    log.error("%s/%s: staging file %s is gone; dropping the change", name, path, staging)
-                    with self.repo.store.write() as txn:
-                        txn.delete("pending", _file_key(name, path))
+                if staging.parent != own and staging_owner_alive(staging):
                     continue
-                self.stage_file(name, path, staging, expect_staged=staging)
+                try:
+                    self.stage_file(name, path, staging, expect_staged=staging)
+                except FileNotFoundError:
+                    if staging.exists():
+                        raise
+                    self._drop_pointer(name, path, staging)
+                    continue
                 done.append(f"{name}/{path}")
         return done
+
+    def _drop_pointer(self, model: str, path: str, staging: Path) -> None:
+        """A pointer whose staging file is gone: drop it, unless someone stored it meanwhile."""
+        with self.repo.store.write() as txn:
+            if txn.get("pending", _file_key(model, path)) != _staged_marker(staging):
+                return  # stored (or moved) by another process: its record stands
+            log.error("%s/%s: staging file %s is gone; dropping the change", model, path, staging)
+            txn.delete("pending", _file_key(model, path))
+
+    def hold(self, model: str, path: str, why: str) -> None:
+        """A save into ``model`` failed: its draft must not commit until the user says so."""
+        with self.repo.store.write() as txn:
+            raw = txn.get("pending", _meta_key(model))
+            m = json.loads(raw) if raw else {}
+            m.setdefault("held", {})[path] = why
+            txn.put("pending", _meta_key(model), json.dumps(m).encode())
+
+    def release_hold(self, model: str, path: str) -> None:
+        """``path`` was saved whole after all: it no longer holds the draft back."""
+        with self.repo.store.write() as txn:
+            raw = txn.get("pending", _meta_key(model))
+            m = json.loads(raw) if raw else {}
+            if path not in m.get("held", {}):
+                return
+            del m["held"][path]
+            if not m["held"]:
+                del m["held"]
+            if m:
+                txn.put("pending", _meta_key(model), json.dumps(m).encode())
+            else:
+                txn.delete("pending", _meta_key(model))
 
     def stage_entry(self, model: str, path: str, entry: FileEntry) -> None:
         """Record an already stored file (e.g. a chmod or a copy of a file of another version)."""
@@ -237,28 +314,49 @@ class Drafts:
                 raise NotFound(f"file {entry.blake3_hex} is not in the store")
             txn.put("pending", _file_key(model, path), json.dumps(entry.to_json()).encode())
 
-    def discard(self, model: str) -> None:
+    def discard(self, model: str) -> list[str]:
+        """Drop the model's draft; staging files of dead mounts go with it. Returns the paths."""
+        gone: list[Path] = []
         with self.repo.store.write() as txn:
+            draft = self._draft(txn, model)
+            if draft is None:
+                return []
             for k in list(txn.keys("pending", model.encode() + b"\0")):
                 txn.delete("pending", k)
+            gone = [f for f in draft.staged.values() if not staging_owner_alive(f)]
+        for f in gone:
+            f.unlink(missing_ok=True)
+        return sorted(set(draft.changes) | set(draft.staged) | set(draft.held))
 
     # -- committing ------------------------------------------------------------------------
     def commit(self, model: str, message: str = "", how: str | None = None,
-               provenance: Mapping[str, Any] | None = None) -> Version | None:
-        """Turn the model's draft into one version (None when it changes nothing), atomically."""
+               provenance: Mapping[str, Any] | None = None, force: bool = False,
+               own: Path | None = None) -> Version | None:
+        """Turn the model's draft into one version (None when it changes nothing), atomically.
+
+        A held draft (a save into it failed) commits only with ``force``, which also commits
+        around files still being stored: those stay pending for the next version.
+        """
         repo = self.repo
-        self.recover(model)
+        self.recover(model, own=own)
         with repo.store.write() as txn:
             draft = self._draft(txn, model)
             if draft is None:
                 return None
-            if draft.staged:
+            if draft.held and not force:
+                why = "; ".join(f"{p}: {r}" for p, r in sorted(draft.held.items()))
+                raise Conflict(f"{model}: not committed, a save into it failed ({why}); "
+                               f"`modelfs commit {model} --force` commits what was closed, "
+                               f"`modelfs discard {model}` drops it")
+            if draft.staged and not force:
                 raise Conflict(f"{model}: files are still being stored; commit again in a moment")
             info = repo.graph.model(txn, model)
             files = self._view(txn, model)
             head_files = dict(repo.graph.version(txn, info.head).files) if info and info.head else None
+            keep = {_file_key(model, p) for p in draft.staged}
             for k in list(txn.keys("pending", model.encode() + b"\0")):
-                txn.delete("pending", k)
+                if k not in keep:
+                    txn.delete("pending", k)
             if head_files is not None and head_files == files:
                 return None  # identical bytes rewritten: costs nothing, no new version
             if head_files is None and not files:

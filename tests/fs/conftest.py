@@ -82,7 +82,7 @@ def mounted(fs_lineage: FsLineage, tmp_path_factory: pytest.TempPathFactory
     """The shared store mounted for the whole session (read-only tests share it)."""
     sweep_stale_mounts()
     root = tmp_path_factory.mktemp("mnt")
-    m = start_mount(fs_lineage.store, root / "mnt", root / "daemon.log")
+    m = start_mount(fs_lineage.store, root / "mnt", root / "daemon.log", extra=("--read-only",))
     try:
         yield m
     finally:
@@ -97,7 +97,7 @@ def fresh_mount(fs_lineage: FsLineage, tmp_path: Path) -> Iterator[Callable[...,
     def make(cache_mb: int = 256) -> Mounted:
         n = len(made)
         m = start_mount(fs_lineage.store, tmp_path / f"mnt{n}", tmp_path / f"daemon{n}.log",
-                        cache_mb=cache_mb)
+                        cache_mb=cache_mb, extra=("--read-only",))
         made.append(m)
         return m
 

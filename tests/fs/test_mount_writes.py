@@ -309,8 +309,9 @@ def test_huge_sparse_and_invalid_files_are_stored_byte_exact(wmount: Mounted, wr
     assert "huge.safetensors: not a valid safetensors file" in log
 
 
-def test_fsync_of_the_directory_and_unmount_commit_at_once(wstore: Path, wrepo: Repo,
-                                                           tmp_path: Path) -> None:
+def test_fsync_of_the_directory_and_unmount_commit_at_once(tmp_path: Path) -> None:
+    wstore = tmp_path / "store"  # its own store: the module's one is mounted writable already
+    Repo.init(wstore).close()
     m = start_mount(wstore, tmp_path / "mnt", tmp_path / "d.log", extra=("--settle", "3600"))
     try:
         d = m.path / "slow"
@@ -327,7 +328,8 @@ def test_fsync_of_the_directory_and_unmount_commit_at_once(wstore: Path, wrepo: 
         (d / "b.txt").write_bytes(b"second")
     finally:
         assert m.stop() == 0
-    assert sorted(wrepo.resolve("slow").files) == ["a.txt", "b.txt"]  # unmount committed it
+    with Repo.open(wstore) as wrepo:
+        assert sorted(wrepo.resolve("slow").files) == ["a.txt", "b.txt"]  # unmount committed it
     assert "[unmount]" in m.log_text()
     assert not any(p.is_file() for p in (wstore / "staging").rglob("*") if p.name != ".lock")
 
