@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from repohelp import commit, names, walk
 
+from modelfs.errors import Conflict
 from modelfs.fs.heads import Head, HeadError
 from modelfs.fs.tree import ROOT_INO, FsError, Kind, Tree
 from modelfs.fs.writes import (
@@ -342,3 +343,86 @@ def test_an_outside_commit_reconciles_but_keeps_staged_files(tree: Tree, repo: R
     assert walk(tree, "/m/config.json") != cfg
     assert names(tree, "/m") == ["config.json", "mine.txt", "model.bin"]  # sub/x.txt went
     assert tree.content(walk(tree, "/m/mine.txt")) is st
+
+
+# ---- concurrent use of one draft (issue 8) ------------------------------------------------------
+
+def test_recover_leaves_a_live_mounts_pointers_and_drops_only_its_own_record(
+        repo: Repo, tmp_path: Path, staging: StagingArea) -> None:
+    d = repo.drafts()
+    live = staging.dir / "00000001"  # this mount's: flock'd while it runs
+    live.write_bytes(b"being stored by the mount")
+    d.record_staged("m", "live.txt", live)
+    assert d.recover("m") == []  # a CLI never touches a running mount's files
+    assert d.get("m").staged == {"live.txt": live} and live.exists()  # type: ignore[union-attr]
+    assert d.recover("m", own=staging.dir) == ["m/live.txt"]  # the mount retries its own
+    dead = staging.root / "mount-1-dead"
+    dead.mkdir()
+    gone = dead / "00000001"
+    d.record_staged("m", "b.txt", gone)
+    # another process stored b.txt between our snapshot and our look: its record stands
+    d.stage_entry("m", "b.txt", d.view("m")["live.txt"])
+    with pytest.raises(FileNotFoundError):
+        d.stage_file("m", "b.txt", gone, expect_staged=gone)
+    d._drop_pointer("m", "b.txt", gone)  # noqa: SLF001 (the step recover takes)
+    assert d.view("m")["b.txt"] == d.view("m")["live.txt"]
+    d.record_staged("m", "c.txt", gone)  # really gone, and still pointed at: dropped
+    assert d.recover("m") == []
+    assert "c.txt" not in d.view("m") and "c.txt" not in d.get("m").staged  # type: ignore[union-attr]
+
+
+def test_a_held_draft_commits_only_when_forced(repo: Repo, tmp_path: Path) -> None:
+    d = repo.drafts()
+    f = tmp_path / "cfg"
+    f.write_bytes(b'{"step": 2}\n')
+    d.stage_file("m", "config.json", f)
+    d.hold("m", "model.bin", "write failed (No space left on device)")
+    assert d.get("m").held == {"model.bin": "write failed (No space left on device)"}  # type: ignore[union-attr]
+    with pytest.raises(Conflict, match="a save into it failed.*model.bin.*--force"):
+        d.commit("m")
+    assert repo.model("m").head == repo.resolve("m@1").id  # nothing committed
+    d.release_hold("m", "other")  # not held: nothing changes
+    d.hold("m", "x", "y")
+    d.release_hold("m", "x")
+    assert set(d.get("m").held) == {"model.bin"}  # type: ignore[union-attr]
+    v = d.commit("m", force=True)
+    assert v is not None and v.ref == "m@2" and d.get("m") is None
+    assert b"".join(repo.iter_file(v.files["model.bin"])) == BASE["model.bin"]  # old weights stay
+
+
+def test_discard_drops_the_draft_and_dead_staging_files(repo: Repo, staging: StagingArea) -> None:
+    d = repo.drafts()
+    dead = staging.root / "mount-3-dead"
+    dead.mkdir()
+    f = dead / "00000001"
+    f.write_bytes(b"closed")
+    d.record_staged("m", "a.txt", f)
+    d.hold("m", "b.bin", "failed")
+    assert d.discard("m") == ["a.txt", "b.bin"]
+    assert d.get("m") is None and not f.exists()
+    assert d.discard("m") == []
+
+
+def test_plan_recovery_stores_but_does_not_commit_a_held_draft(
+        repo: Repo, staging: StagingArea) -> None:
+    d = repo.drafts()
+    dead = staging.root / "mount-4-dead"
+    dead.mkdir()
+    f = dead / "00000001"
+    f.write_bytes(b"closed before the crash")
+    d.record_staged("m", "a.txt", f)
+    d.hold("m", "model.bin", "write failed")
+    plan = plan_recovery(d, staging)
+    assert plan.dead == {"m": [f]} and plan.commit == [] and plan.held == {
+        "m": {"model.bin": "write failed"}}
+
+
+def test_settler_never_commits_a_held_model() -> None:
+    now = [0.0]
+    s = Settler(1.0, clock=lambda: now[0])
+    s.touch("m", dirty=True)
+    s.of("m").held["model.bin"] = "write failed"
+    now[0] += 100.0
+    assert s.due() == [] and s.next_check() is None
+    s.of("m").held.clear()
+    assert s.due() == ["m"]
