@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno as _errno
+
 
 class ModelfsError(Exception):
     """Base of every error a user can cause; the CLI prints its message, never a traceback."""
@@ -25,3 +27,29 @@ class CorruptData(ModelfsError):
 
 class Conflict(ModelfsError):
     """The operation would overwrite something or contradicts the current state."""
+
+
+class NameTooLong(InvalidName):
+    """A path component over 255 bytes or a path over 4096: no local filesystem could hold it."""
+
+
+class StoreIOError(ModelfsError):
+    """A write to the store failed and changed nothing; ``errno`` says why, for the mount.
+
+    ENOSPC: the disk holding the store (or LMDB's map) is full; EROFS: the store is
+    read-only; EIO (or the errno LMDB gave): the disk failed.
+    """
+
+    def __init__(self, message: str, errno: int) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class StoreFull(StoreIOError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, _errno.ENOSPC)
+
+
+class StoreReadOnly(StoreIOError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, _errno.EROFS)

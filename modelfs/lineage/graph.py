@@ -36,6 +36,8 @@ class LineageGraph:
 
     @staticmethod
     def version_by_number(txn: ReadTxn, model: str, number: int) -> Version:
+        if not 0 < number < 1 << 64:  # no such version, and beyond what the key can hold
+            raise NotFound(f"model {model!r} has no version {number}")
         vid = txn.get("vnums", _vnum_key(model, number))
         if vid is None:
             raise NotFound(f"model {model!r} has no version {number}")

@@ -18,7 +18,7 @@ from typing import Any
 
 import blake3
 
-from modelfs.errors import Conflict, InvalidName, ModelfsError, NotFound
+from modelfs.errors import Conflict, InvalidName, ModelfsError, NotFound, StoreReadOnly
 from modelfs.formats import TensorPart, parse_file
 from modelfs.lineage import FileEntry, LineageGraph, ModelInfo, Version
 from modelfs.names import check_file_path, check_model_name
@@ -82,7 +82,13 @@ class Repo:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], **kw: Any) -> Repo:
-        return cls(LmdbStore(path), Path(path), **kw)
+        """Writable if it can be; a store on a read-only disk still answers every read."""
+        try:
+            store = LmdbStore(path)
+        except StoreReadOnly:
+            store = LmdbStore(path, readonly=True)
+            log.info("store %s is read-only: opened for reading only", path)
+        return cls(store, Path(path), **kw)
 
     def close(self) -> None:
         self.store.close()
@@ -221,6 +227,8 @@ class Repo:
     @contextlib.contextmanager
     def _writer_lock(self, exclusive: bool = False) -> Iterator[None]:
         """Imports share the lock; gc takes it alone so it never frees a chunk being written."""
+        if self.store.readonly:  # before the lock file, which a read-only disk cannot create
+            raise StoreReadOnly(f"store {self.path} is read-only: nothing was changed")
         if self.path is None:
             yield
             return

@@ -37,6 +37,8 @@ class WriteTxn(ReadTxn, Protocol):
 class Store(Protocol):
     """A store is a set of tables; a write transaction is all-or-nothing."""
 
+    readonly: bool  # opened read-only (its disk is): write() raises StoreReadOnly
+
     def read(self) -> AbstractContextManager[ReadTxn]: ...
 
     def write(self) -> AbstractContextManager[WriteTxn]: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,10 +10,19 @@ from pathlib import Path
 
 import lmdb
 
-from modelfs.errors import ModelfsError, StoreNotFound
+from modelfs.errors import ModelfsError, StoreFull, StoreIOError, StoreNotFound, StoreReadOnly
 from modelfs.store.base import TABLES
 
 DEFAULT_MAP_SIZE = 1 << 40  # sparse: LMDB only uses what it writes
+# LMDB answers a short write (the disk filled part way through it) with EIO, not ENOSPC.
+# A disk that filled leaves next to nothing free; real I/O trouble leaves the space there.
+FULL_MARGIN = 8 << 20
+
+
+def _code(e: lmdb.Error) -> int:
+    """The errno (or negative MDB_* code) py-lmdb keeps on its exceptions; 0 when it has none."""
+    code = getattr(e, "code", 0)
+    return code if isinstance(code, int) else 0
 
 
 class _LmdbTxn:
@@ -59,6 +69,7 @@ class LmdbStore:
             raise StoreNotFound(f"no modelfs store at {self.path} (run `modelfs init` first)")
         if create:
             self.path.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
         try:
             self.env = lmdb.open(
                 str(self.path), map_size=map_size, max_dbs=len(TABLES) + 4,
@@ -66,8 +77,18 @@ class LmdbStore:
                 readahead=True, lock=True,  # chunk records are MBs read whole: let the OS read ahead
             )
         except lmdb.Error as e:
+            if _code(e) in (errno.EACCES, errno.EROFS) and not readonly:
+                raise StoreReadOnly(f"store {self.path} is read-only ({e})") from e
             raise ModelfsError(f"cannot open store at {self.path}: {e}") from e
-        self._dbs = {t: self.env.open_db(t.encode(), create=not readonly) for t in TABLES}
+        try:
+            self._dbs = {t: self.env.open_db(t.encode(), create=not readonly) for t in TABLES}
+        except lmdb.NotFoundError:
+            self.env.close()
+            raise ModelfsError(f"store {self.path} lacks a table this modelfs needs: "
+                               "open it once where it is writable") from None
+        except lmdb.Error as e:
+            self.env.close()
+            raise self._write_error(e) from e
 
     @contextmanager
     def read(self) -> Iterator[_LmdbTxn]:
@@ -76,13 +97,35 @@ class LmdbStore:
 
     @contextmanager
     def write(self) -> Iterator[_LmdbTxn]:
+        """A write transaction; any LMDB failure in it (put or commit) is a typed StoreIOError."""
+        if self.readonly:
+            raise StoreReadOnly(f"store {self.path} is read-only: nothing was changed")
         try:
             with self.env.begin(write=True) as txn:
                 yield _LmdbTxn(txn, self._dbs)
-        except lmdb.MapFullError as e:
-            raise ModelfsError(f"store {self.path} is full: {e}") from e
-        except lmdb.DiskError as e:
-            raise ModelfsError(f"disk error writing store {self.path}: {e}") from e
+        except lmdb.Error as e:
+            raise self._write_error(e) from e
+
+    def _write_error(self, e: lmdb.Error) -> StoreIOError:
+        """What a failed write means to the user; the transaction was aborted, so nothing changed."""
+        code = _code(e)
+        if isinstance(e, lmdb.MapFullError):
+            return StoreFull(f"store {self.path} filled its LMDB map "
+                             f"({self.env.info()['map_size']} bytes): nothing was changed")
+        if isinstance(e, lmdb.ReadonlyError) or code == errno.EROFS:
+            return StoreReadOnly(f"store {self.path} is read-only: nothing was changed")
+        if code == errno.ENOSPC or (code == errno.EIO and self._disk_full()):
+            return StoreFull(f"the disk holding store {self.path} is full: nothing was changed "
+                             "(free some space, then retry)")
+        return StoreIOError(f"cannot write store {self.path} ({e}): nothing was changed",
+                            code if code > 0 else errno.EIO)
+
+    def _disk_full(self) -> bool:
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < FULL_MARGIN
 
     def stored_bytes(self) -> int:
         info = self.env.info()

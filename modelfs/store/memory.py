@@ -48,6 +48,8 @@ class MemoryStore:
     reader takes the current tables as its snapshot and never waits for a writer, as in LMDB.
     """
 
+    readonly = False
+
     def __init__(self) -> None:
         self._tables: dict[str, dict[bytes, bytes]] = {t: {} for t in TABLES}
         self._write_lock = threading.Lock()

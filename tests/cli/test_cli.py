@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelfs.errors import InvalidName
+from modelfs.errors import InvalidName, NameTooLong
 from modelfs.names import check_file_path, check_model_name
 
 
@@ -380,4 +380,22 @@ def test_bad_file_paths_are_rejected(path: str) -> None:
 
 def test_good_file_paths_are_accepted() -> None:
     for p in ("model.safetensors", "1_Pooling/config.json", "a/b/c.bin", ".gitattributes", "..x"):
+        assert check_file_path(p) == p
+
+
+@pytest.mark.parametrize("path", ["x" * 256, "d/" + "é" * 128, "/".join(["d" * 255] * 17)])
+def test_names_no_local_filesystem_could_hold_are_too_long(path: str) -> None:
+    """A component over 255 bytes (UTF-8, as the kernel counts) or a path over 4096."""
+    with pytest.raises(NameTooLong):
+        check_file_path(path)
+
+
+@pytest.mark.parametrize("name", ["x" * 256, "é" * 128, "n" * 1000])
+def test_model_names_over_255_bytes_are_too_long(name: str) -> None:
+    with pytest.raises(NameTooLong):
+        check_model_name(name)
+
+
+def test_the_longest_names_a_local_filesystem_holds_are_accepted() -> None:
+    for p in ("x" * 255, "d/" + "é" * 127 + "x", "/".join(["d" * 255] * 16)):
         assert check_file_path(p) == p

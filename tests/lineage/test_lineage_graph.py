@@ -115,6 +115,9 @@ def test_unknown_versions_are_not_found(store: Store) -> None:
             G.version_by_number(txn, "m", 7)
         with pytest.raises(NotFound):
             G.version_by_number(txn, "other", 1)
+        for n in (0, -1, 1 << 64, 99999999999999999999):  # beyond the key's 8 bytes: no struct.error
+            with pytest.raises(NotFound, match=f"no version {n}"):
+                G.version_by_number(txn, "m", n)
 
 
 def test_ancestors_and_common_ancestor_with_a_merge(store: Store) -> None:
