@@ -836,11 +836,11 @@ class Operations(pyfuse3.Operations):
                 await self._store_ops(model, [StoreOp("entry", model, st.path,
                                                       entry=with_mode(entry, st.mode))])
         except Exception as e:
-            why = f"storing the closed file failed: {e}"
-            self._error(model, f"{st.path}: {why}; it stays pending (a forced commit, or the "
-                        "next mount, retries)")
+            # not a failed save (its close returned): it stays a durable pointer, and each
+            # commit attempt retries it (backing off) until it is stored, then commits
+            self._error(model, f"{st.path}: storing the closed file failed: {e}; it stays "
+                        "pending (the next commit attempt retries it)")
             log.debug("stage_file failed", exc_info=True)
-            await self._hold(model, st.path, why)
         finally:
             self.settler.of(model).storing -= 1  # not a change: the settle clock runs on
             self._done_something()
