@@ -1,6 +1,7 @@
 """File formats: turn a file into a layout of verbatim bytes and tensors, and back, byte-exact."""
 
 from modelfs.formats.base import (
+    MAX_TENSORS,
     FileLayout,
     Format,
     FormatError,
@@ -13,6 +14,7 @@ from modelfs.formats.base import (
 )
 
 __all__ = [
+    "MAX_TENSORS",
     "FileLayout",
     "Format",
     "FormatError",

@@ -21,6 +21,36 @@ class FormatError(ValueError):
     """The file does not parse cleanly as this format; it will be stored as a blob."""
 
 
+# Bounds on the work and memory one file's header may cause (a parse holds every part in
+# memory and the importer does per-part work): beyond them the file is a blob. Real
+# checkpoints stay far below: the largest safetensors headers are a few MB, ~100k tensors.
+MAX_TENSORS = 200_000  # tensor parts per file
+
+
+def bounded_numel(shape: list[int] | tuple[int, ...], limit: int) -> int | None:
+    """The element count of `shape`, or None once it passes `limit`.
+
+    A product of many huge dimensions costs quadratic time in Python ints, so stop early;
+    a zero dimension makes any shape empty, whatever the others are.
+    """
+    if 0 in shape:
+        return 0
+    n = 1
+    for d in shape:
+        n *= d
+        if n > limit:
+            return None
+    return n
+
+
+def check_name(name: str, what: str) -> None:
+    """Tensor names go into UTF-8 records and index keys: lone surrogates cannot."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FormatError(f"{what} {name!r} is not valid Unicode") from None
+
+
 @dataclass(frozen=True, slots=True)
 class InlinePart:
     data: bytes
@@ -77,16 +107,49 @@ def parse_file(path: str, data: memoryview) -> tuple[FileLayout, str | None]:
     """The layout of the first format that claims the file, else a blob; never a guess.
 
     Returns the layout and a warning when a file claimed a format but failed to parse.
+    Any exception of a format (a plug-in's bug, a poison header it did not foresee) makes
+    the file a blob too: one bad file must never block the rest of a model.
     """
     head = bytes(data[:64])
     for fmt in registered_formats().values():
-        if not fmt.claims(path, head):
-            continue
         try:
+            if not fmt.claims(path, head):
+                continue
             layout = fmt.parse(data)
+            covers = _tiles(layout, data)
         except FormatError as e:
-            return blob_layout(len(data)), f"{path}: not a valid {fmt.name} file ({e}); stored byte-exact as a blob"
-        if layout.size != len(data):
+            return blob_layout(len(data)), (f"{path}: not a valid {fmt.name} file ({_short(e)}); "
+                                            "stored byte-exact as a blob")
+        except Exception as e:  # noqa: BLE001  (a parser bug must not fail the import)
+            log.info("format %s failed on %s", fmt.name, path, exc_info=True)  # traceback with -v
+            return blob_layout(len(data)), (f"{path}: the {fmt.name} parser failed "
+                                            f"({type(e).__name__}: {_short(e)}); stored byte-exact as a blob")
+        if not covers:
             return blob_layout(len(data)), f"{path}: {fmt.name} layout does not cover the file; stored as a blob"
+        n = sum(isinstance(p, TensorPart) for p in layout.parts)
+        if n > MAX_TENSORS:
+            return blob_layout(len(data)), (f"{path}: {n} tensors, more than the {MAX_TENSORS} a "
+                                            f"{fmt.name} file may hold here; stored byte-exact as a blob")
         return layout, None
     return blob_layout(len(data)), None
+
+
+def _short(e: BaseException, limit: int = 200) -> str:
+    text = str(e)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _tiles(layout: FileLayout, data: memoryview) -> bool:
+    """Whether the parts give the file back: each tensor where the part before it ends, and
+    inline bytes equal to the file's (a memcmp), so no format can lose or change a byte."""
+    pos = 0
+    for p in layout.parts:
+        if isinstance(p, TensorPart):
+            if p.offset != pos or p.nbytes < 0:
+                return False
+            pos += p.nbytes
+        else:
+            if data[pos:pos + len(p.data)] != p.data:
+                return False
+            pos += len(p.data)
+    return pos == len(data)

@@ -2,18 +2,30 @@
 
 The checks are strict (tensors must tile the data area with no gap or overlap, sizes must
 match dtype x shape, known dtypes only): anything else is not guessed at but stored as a blob.
+Every way the header can be off, however odd (deep nesting, huge integers, a list where a
+string belongs, more tensors or header bytes than the limits), is a FormatError.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import struct
 
 from modelfs.dtypes import DTYPES
-from modelfs.formats.base import FileLayout, FormatError, InlinePart, TensorPart, register_format
+from modelfs.formats.base import (
+    MAX_TENSORS,
+    FileLayout,
+    FormatError,
+    InlinePart,
+    TensorPart,
+    bounded_numel,
+    check_name,
+    register_format,
+)
 
-MAX_HEADER = 100 * 1024 * 1024
+# The JSON of a header costs ~20x its size in Python objects while it is parsed: 16 MiB
+# bounds that near 0.3 GB and holds ~150k tensors with real names (real headers: a few MB).
+MAX_HEADER = 16 * 1024 * 1024
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -48,10 +60,14 @@ class SafetensorsFormat:
         raw = bytes(data[8:8 + n])
         try:
             header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except RecursionError:
+            raise FormatError("header JSON is nested too deeply") from None
+        except ValueError as e:  # bad UTF-8, bad JSON, an integer of more than 4300 digits
             raise FormatError(f"header is not valid JSON: {e}") from None
         if not isinstance(header, dict):
             raise FormatError("header is not a JSON object")
+        if len(header) > MAX_TENSORS + 1:
+            raise FormatError(f"{len(header) - 1} tensors, more than the {MAX_TENSORS} limit")
         meta = header.get("__metadata__")
         if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
             raise FormatError("__metadata__ is not a map of strings")
@@ -60,7 +76,7 @@ class SafetensorsFormat:
         for name, info in header.items():
             if name == "__metadata__":
                 continue
-            tensors.append(self._tensor(name, info, data_start))
+            tensors.append(self._tensor(name, info, data_start, size))
         tensors.sort(key=lambda t: (t.offset, t.nbytes))
         pos = data_start
         for t in tensors:
@@ -73,12 +89,14 @@ class SafetensorsFormat:
         return FileLayout(self.name, (InlinePart(bytes(data[:data_start])), *tensors))
 
     @staticmethod
-    def _tensor(name: str, info: object, data_start: int) -> TensorPart:
+    def _tensor(name: str, info: object, data_start: int, size: int) -> TensorPart:
+        check_name(name, "tensor name")
         if not isinstance(info, dict):
             raise FormatError(f"entry {name!r} is not an object")
-        dt = DTYPES.get(info.get("dtype"))  # type: ignore[arg-type]
+        dtype = info.get("dtype")
+        dt = DTYPES.get(dtype) if isinstance(dtype, str) else None
         if dt is None:
-            raise FormatError(f"tensor {name!r} has unknown dtype {info.get('dtype')!r}")
+            raise FormatError(f"tensor {name!r} has unknown dtype {str(dtype)[:40]!r}")
         shape = info.get("shape")
         offs = info.get("data_offsets")
         if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
@@ -87,7 +105,10 @@ class SafetensorsFormat:
                 and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offs)
                 and offs[0] <= offs[1]):
             raise FormatError(f"tensor {name!r} has bad data_offsets {offs!r}")
-        nbytes = math.prod(shape) * dt.itemsize
+        numel = bounded_numel(shape, size)
+        if numel is None:
+            raise FormatError(f"tensor {name!r} has more elements than the file has bytes")
+        nbytes = numel * dt.itemsize
         if offs[1] - offs[0] != nbytes:
             raise FormatError(f"tensor {name!r}: {offs[1] - offs[0]} bytes for {dt.name}{shape} (expected {nbytes})")
         return TensorPart(name, dt, tuple(shape), data_start + offs[0], nbytes)

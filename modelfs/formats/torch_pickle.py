@@ -16,7 +16,6 @@ not match, a compressed entry) leaves that storage a plain byte (U8) part.
 from __future__ import annotations
 
 import io
-import math
 import pickle
 import re
 import struct
@@ -25,7 +24,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelfs.dtypes import BYTES, DTYPES, DType
-from modelfs.formats.base import FileLayout, FormatError, InlinePart, TensorPart, register_format
+from modelfs.formats.base import (
+    MAX_TENSORS,
+    FileLayout,
+    FormatError,
+    InlinePart,
+    TensorPart,
+    bounded_numel,
+    check_name,
+    register_format,
+)
 
 _LOCAL = b"PK\x03\x04"
 _CENTRAL = b"PK\x01\x02"
@@ -34,7 +42,8 @@ _EOCD64 = b"PK\x06\x06"
 _LOC64 = b"PK\x06\x07"
 _STORAGE_RE = re.compile(r"^([^/]+)/data/([^/]+)$")
 _PICKLE_RE = re.compile(r"^([^/]+)/data\.pkl$")
-MAX_PICKLE = 256 << 20
+MAX_PICKLE = 64 << 20  # data.pkl of a 200k-tensor state dict is ~30 MB; it is unpickled whole
+MAX_ENTRIES = MAX_TENSORS + 64  # zip entries: one per storage, plus data.pkl, version, ...
 MAX_INLINE = 64 << 20  # inline bytes live in the file record; more than this is a blob
 
 # Legacy typed storage classes (`torch.FloatStorage`, ...) -> element type.
@@ -83,6 +92,8 @@ def _eocd(data: memoryview) -> tuple[int, int]:
         count, _, cd_off = struct.unpack_from("<QQQ", data, rec + 32)
     if cd_off > size:
         raise FormatError("central directory offset past the end of the file")
+    if count > MAX_ENTRIES:
+        raise FormatError(f"{count} zip entries, more than the {MAX_ENTRIES} limit")
     return cd_off, count
 
 
@@ -120,7 +131,10 @@ def read_entries(data: memoryview) -> tuple[list[ZipEntry], int]:
         pos += 46 + n + m + k
         if flags & 1:
             raise FormatError("encrypted zip entry")
-        name = name_raw.decode("utf-8" if flags & 0x800 else "cp437")
+        try:
+            name = name_raw.decode("utf-8" if flags & 0x800 else "cp437")
+        except UnicodeDecodeError:
+            raise FormatError(f"entry name {name_raw[:60]!r} is not valid UTF-8") from None
         lo = vals["off"]
         if lo + 30 > cd_off or bytes(data[lo:lo + 4]) != _LOCAL:
             raise FormatError(f"entry {name!r}: no local header at offset {lo}")
@@ -227,14 +241,22 @@ class StorageInfo:
     shape: tuple[int, ...] | None = None
 
 
-def _walk(obj: Any, path: str, depth: int = 0) -> Iterator[tuple[str, _Placeholder]]:
-    """(dotted key, call) of every tensor rebuild reachable through dicts, lists and objects."""
-    if depth > 64:
+def _walk(obj: Any, path: str, depth: int = 0, seen: set[int] | None = None
+          ) -> Iterator[tuple[str, _Placeholder]]:
+    """(dotted key, call) of every tensor rebuild reachable through dicts, lists and objects.
+
+    Each object is visited once (by its first path): a pickle's memo can share one list under
+    many keys, and walking every path of such a graph would take exponential time.
+    """
+    seen = set() if seen is None else seen
+    if depth > 64 or id(obj) in seen:
         return
     if isinstance(obj, _Placeholder) and type(obj).name.startswith("_rebuild_tensor"):
         yield path, obj
         return
     children: list[tuple[Any, Any]] = []
+    if isinstance(obj, dict | list | tuple | _Placeholder):
+        seen.add(id(obj))  # the root object stays alive, so ids are not reused meanwhile
     if isinstance(obj, dict):
         children = list(obj.items())
     elif isinstance(obj, _Placeholder):
@@ -245,7 +267,7 @@ def _walk(obj: Any, path: str, depth: int = 0) -> Iterator[tuple[str, _Placehold
         children = list(enumerate(obj))
     for k, v in children:
         if isinstance(k, str | int) and not isinstance(k, bool):
-            yield from _walk(v, f"{path}.{k}" if path else str(k), depth + 1)
+            yield from _walk(v, f"{path}.{k}" if path else str(k), depth + 1, seen)
 
 
 def storages_from_pickle(raw: bytes) -> dict[str, StorageInfo]:
@@ -255,6 +277,8 @@ def storages_from_pickle(raw: bytes) -> dict[str, StorageInfo]:
         root = up.load()
     except Exception as e:  # a malformed pickle is a parse failure, never a crash
         raise FormatError(f"data.pkl does not load: {type(e).__name__}: {e}") from None
+    if len(up.storages) > MAX_TENSORS:
+        raise FormatError(f"{len(up.storages)} storages, more than the {MAX_TENSORS} limit")
     infos = {k: StorageInfo(s.cls, s.numel, _STORAGE_CLASSES.get(s.cls)) for k, s in up.storages.items()}
     for name, t in _walk(root, ""):
         args = t.args
@@ -271,13 +295,21 @@ def storages_from_pickle(raw: bytes) -> dict[str, StorageInfo]:
                 info.dtype = dt_name or "?"
             elif info.dtype != dt_name:
                 info.dtype = "?"  # two views disagree: uncertain, so bytes
-        if info.name is None and name:
+        if info.name is None and name and _valid_name(name):
             info.name = name
             offset, size, stride = (tuple(args) + (None, None, None, None))[1:4]
             if (offset == 0 and isinstance(size, tuple) and isinstance(stride, tuple)
                     and all(isinstance(d, int) for d in size) and _contiguous(size, stride)):
                 info.shape = tuple(size)
     return infos
+
+
+def _valid_name(name: str) -> bool:
+    try:
+        check_name(name, "key")
+    except FormatError:
+        return False  # a key with lone surrogates: the storage keeps its entry name
+    return True
 
 
 def _contiguous(size: tuple[int, ...], stride: tuple[Any, ...]) -> bool:
@@ -342,7 +374,7 @@ class TorchPickleFormat:
             numel = info.numel if info.cls != "UntypedStorage" else info.numel // cand.itemsize
             if numel * cand.itemsize == e.size:
                 dt, shape = cand, (numel,)
-                if info.shape is not None and math.prod(info.shape) == numel:
+                if info.shape is not None and bounded_numel(info.shape, numel) == numel:
                     shape = info.shape
         if info is not None and info.name and info.name not in used:
             name = info.name

@@ -22,6 +22,7 @@ from modelfs.errors import Conflict, InvalidName, ModelfsError, NotFound, StoreR
 from modelfs.formats import TensorPart, parse_file
 from modelfs.lineage import FileEntry, LineageGraph, ModelInfo, Version
 from modelfs.names import check_file_path, check_model_name
+from modelfs.repo.access import prepare_store, seal_store
 from modelfs.repo.chunks import ChunkCache, Counters
 from modelfs.repo.files import FileReader, FileRecord
 from modelfs.repo.importer import (
@@ -33,6 +34,7 @@ from modelfs.repo.importer import (
     chunk_keys_of,
     mapped,
 )
+from modelfs.repo.sources import source_files
 from modelfs.store import LmdbStore, ReadTxn, Store, WriteTxn
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,8 @@ class Repo:
     # -- opening ---------------------------------------------------------------------------
     @classmethod
     def init(cls, path: str | os.PathLike[str] | None = None, *, store: Store | None = None,
-             settings: StoreSettings | None = None, **kw: Any) -> Repo:
+             settings: StoreSettings | None = None, shared: bool = False, **kw: Any) -> Repo:
+        """A new store: private to its owner, or open to its group when `shared` (access.py)."""
         if store is None:
             assert path is not None
             p = Path(path)
@@ -72,8 +75,9 @@ class Repo:
                 raise Conflict(f"a modelfs store already exists at {p}")
             if p.exists() and not p.is_dir():
                 raise Conflict(f"{p} exists and is not a directory")
+            access = prepare_store(p, shared)  # first, so nothing below is reachable by others
             store = LmdbStore(p, create=True)
-            (p / "staging").mkdir(exist_ok=True)
+            seal_store(p, access)
         settings = settings or StoreSettings()
         with store.write() as txn:
             if txn.get("meta", _SETTINGS_KEY) is None:
@@ -250,21 +254,16 @@ class Repo:
 
     def import_dir(self, src: str | os.PathLike[str], model: str, parents: list[str] | None = None,
                    how: str | None = None, message: str = "", provenance: Mapping[str, Any] | None = None,
-                   infer_parent: bool = True, progress: Progress | None = None) -> Version:
-        """Import every regular file under `src` as the next version of `model`."""
+                   infer_parent: bool = True, progress: Progress | None = None,
+                   follow_symlinks: bool = False) -> Version:
+        """Import every regular file under `src` as the next version of `model`.
+
+        Symlinks out of `src` are refused before anything is stored (see repo/sources.py).
+        """
         src_path = Path(src)
         if not src_path.is_dir():
             raise NotFound(f"{src_path} is not a directory")
-        files: dict[str, Path] = {}
-        for root, dirs, names in os.walk(src_path):
-            dirs.sort()
-            for n in sorted(names):
-                full = Path(root) / n
-                rel = full.relative_to(src_path).as_posix()
-                check_file_path(rel)
-                if not full.is_file():
-                    raise ModelfsError(f"{full} is not a regular file (sockets, devices and fifos cannot be imported)")
-                files[rel] = full
+        files = source_files(src_path, follow_symlinks)
         return self.commit_files(model, files, parents=parents, how=how, message=message,
                                  provenance=provenance, infer_parent=infer_parent, progress=progress)
 
