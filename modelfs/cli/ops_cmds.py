@@ -293,9 +293,9 @@ def import_command(ctx: click.Context, lora: Path | None, updates: str | None, *
 
 def _import_with_updates(ctx: click.Context, lora: Path | None, updates: str | None, *, src: Path | None,
                          model: str, parents: tuple[str, ...], how: str | None, message: str,
-                         provenance: str | None, as_json: bool, **_: Any) -> None:
+                         provenance: str | None, as_json: bool, follow_symlinks: bool = False,
+                         **_: Any) -> None:
     from modelfs.names import check_model_name
-    from modelfs.ops.commit import commit_with_hints
     from modelfs.ops.lora import import_lora
     from modelfs.ops.updates import detect_updates
 
@@ -317,20 +317,19 @@ def _import_with_updates(ctx: click.Context, lora: Path | None, updates: str | N
             if updates:
                 raise ModelfsError("--lora and --updates cannot be combined")
             v = import_lora(repo, lora, parent.id, model, src=src, message=message, how=how or "lora",
-                            provenance=prov)
+                            provenance=prov, follow_symlinks=follow_symlinks)
             report = {"lora": v.provenance.get("lora")}
         else:
             if src is None:
                 raise click.UsageError("Missing argument 'SRC'.")
-            from modelfs.names import check_file_path
+            from modelfs.repo.sources import source_files
 
-            files = {check_file_path(p.relative_to(src).as_posix()): p
-                     for p in sorted(src.rglob("*")) if p.is_file()}
+            files = source_files(src, follow_symlinks)  # links out of SRC refused, as in import
             types = [t.strip() for t in (updates or "").split(",") if t.strip()]
             plan = detect_updates(repo, files, parent, types)
             report = plan.report()
             prov["updates"] = report
-            v = commit_with_hints(repo, model, files, plan.hint, parents=[parent.id], how=how,
+            v = repo.commit_files(model, files, hints=plan.hint, parents=[parent.id], how=how,
                                   message=message, provenance=prov, infer_parent=False)
         if as_json:
             click.echo(json.dumps({"id": v.id, "ref": v.ref, "parents": list(v.parents),

@@ -27,7 +27,7 @@ import numpy as np
 from modelfs.codecs.lowrank import predict
 from modelfs.errors import ModelfsError, NotFound
 from modelfs.lineage import FileEntry, Version
-from modelfs.ops.commit import commit_with_hints, staging_dir
+from modelfs.ops.commit import staging_dir
 from modelfs.ops.updates import LowRankUpdate, UpdatePlan
 from modelfs.repo import FileReader, Repo
 from modelfs.repo.files import StoredInline, StoredTensor
@@ -177,7 +177,8 @@ def _rebuild_file(repo: Repo, entry: FileEntry, targets: dict[str, Target], adap
 
 
 def import_lora(repo: Repo, adapter_dir: Path, parent: str, model: str, *, src: Path | None = None,
-                message: str = "", how: str = "lora", provenance: Mapping[str, Any] | None = None) -> Version:
+                message: str = "", how: str = "lora", provenance: Mapping[str, Any] | None = None,
+                follow_symlinks: bool = False) -> Version:
     """A new version of `model` derived from `parent` by the adapter in `adapter_dir`.
 
     Without `src` the merged checkpoint is rebuilt from the parent; with `src` (the merged
@@ -207,14 +208,11 @@ def import_lora(repo: Repo, adapter_dir: Path, parent: str, model: str, *, src: 
                 files[path] = dest
                 keep.pop(path)
         else:
-            from modelfs.names import check_file_path
+            from modelfs.repo.sources import source_files
 
-            files = {}
-            for p in sorted(Path(src).rglob("*")):
-                if p.is_file():
-                    files[check_file_path(p.relative_to(src).as_posix())] = p
+            files = source_files(src, follow_symlinks)  # links out of src refused, as in import
             keep = {}
             if not files:
                 raise NotFound(f"{src} holds no files")
-        return commit_with_hints(repo, model, files, plan.hint, parents=[base.id], how=how, message=msg,
+        return repo.commit_files(model, files, hints=plan.hint, parents=[base.id], how=how, message=msg,
                                  provenance=prov, infer_parent=False, keep=keep)

@@ -156,6 +156,21 @@ def test_a_file_link_out_of_the_directory_is_refused_and_changes_nothing(
     assert store_state(store) == before
 
 
+def test_import_with_updates_refuses_links_out_too(tmp_path: Path, store: Path, cli: Cli) -> None:
+    """`import --updates` walks SRC itself (to detect updates): the same rule holds there."""
+    assert cli("import", checkpoint(tmp_path / "base"), "--model", "base", store=store).returncode == 0
+    src = checkpoint(tmp_path / "child", seed=1)
+    (src / "p").symlink_to("/etc/passwd")
+    before = store_state(store)
+    args = ("import", src, "--model", "child", "--parent", "base", "--updates", "sparse")
+    one_line_error(cli(*args, store=store), str(src / "p"), "outside")
+    assert store_state(store) == before
+    r = cli(*args, "--follow-symlinks", store=store)
+    assert r.returncode == 0, r.stderr
+    assert cli("export", "child", tmp_path / "out", store=store).returncode == 0
+    assert (tmp_path / "out" / "p").read_bytes() == Path("/etc/passwd").read_bytes()
+
+
 def test_follow_symlinks_imports_what_the_link_points_to(tmp_path: Path, store: Path, cli: Cli,
                                                          blake3_of_dir: Blake) -> None:
     outside = tmp_path / "elsewhere"
