@@ -33,6 +33,7 @@ from modelfs.fs import control
 from modelfs.fs.ops import Operations
 from modelfs.fs.writes import Recovery, StagingArea, plan_recovery
 from modelfs.repo import Repo
+from modelfs.repo.access import set_file_mode, store_access
 
 log = logging.getLogger("modelfs.fs")
 
@@ -116,8 +117,11 @@ def _writer_lock(store: Path, mnt: Path) -> locks.ExclusiveLock:
     closed files; read-only mounts need no lock.
     """
     try:
-        return locks.ExclusiveLock(control.mount_lock_path(store),
-                                   {"pid": os.getpid(), "mountpoint": str(mnt)})
+        access = store_access(store)  # a shared store's group may take the lock after us
+        held = locks.ExclusiveLock(control.mount_lock_path(store),
+                                   {"pid": os.getpid(), "mountpoint": str(mnt)}, mode=access.file_mode)
+        set_file_mode(control.mount_lock_path(store), access)
+        return held
     except BlockingIOError:
         raise ModelfsError(control.already_mounted(store)) from None
     except OSError as e:

@@ -333,6 +333,7 @@ def test_what_a_mount_creates_follows_the_store(tmp_path: Path, cli: Cli, shared
         dmode, fmode = (0o2770, 0o660) if shared else (0o700, 0o600)
         assert mode(store / "logs") == dmode and {mode(p) for p in logs} == {fmode}
         assert {mode(d) for d in staging} == {dmode}
+        assert mode(store / "mount.lock") == fmode
         assert mode(store) == dmode
     finally:
         assert cli("umount", mnt).returncode == 0
