@@ -95,7 +95,8 @@ def test_os_environ_is_read_only_in_the_cli() -> None:
 
 # layer -> modelfs layers it must never import
 FORBIDDEN = {
-    "store": {"codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "remote", "names", "dtypes", "demo"},
+    "store": {"codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "remote", "names", "dtypes", "numerics",
+              "demo"},
     "codecs": {"store", "formats", "lineage", "repo", "cli", "fs", "ops", "remote", "demo"},
     "formats": {"store", "codecs", "lineage", "repo", "cli", "fs", "ops", "remote", "demo"},
     "lineage": {"codecs", "formats", "repo", "cli", "fs", "ops", "remote", "demo"},
@@ -104,6 +105,7 @@ FORBIDDEN = {
     "registry": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "remote", "demo"},
     "names": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "remote", "demo"},
     "dtypes": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "remote", "demo"},
+    "numerics": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "remote", "demo"},
     "fs": {"cli"},
     "ops": {"cli", "fs"},
 }

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from modelfs import numerics
 from modelfs.codecs.base import EncodeContext, register_codec
 from modelfs.codecs.planes import decode_planes, encode_planes, xor_bytes
 from modelfs.dtypes import DType
@@ -86,11 +87,9 @@ def predict(base: bytes | memoryview, dtype: DType, b_rows: np.ndarray, a: np.nd
     d32 = delta.astype(np.float32) * np.float32(scale)
     if dtype.name == "F32":
         return np.frombuffer(base, dtype=np.float32) + d32
-    import torch  # half types: add in float32, round like torch (as a cast of the sum)
-
-    tdt = getattr(torch, dtype.torch_name or "")
-    w = torch.frombuffer(bytearray(base), dtype=tdt).to(torch.float32)
-    return (w + torch.from_numpy(d32)).to(tdt).view(torch.uint8).numpy()
+    # half types: add in float32 and round, as torch did (the stored prediction)
+    w = numerics.torch_add(numerics.widen(base, dtype, quiet_nans=True), d32)
+    return numerics.narrow(w, dtype, quiet_nans=True)
 
 
 def _factor_bytes(x: np.ndarray, itemsize: int) -> bytes:

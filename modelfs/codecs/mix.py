@@ -22,16 +22,15 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from modelfs import numerics
 from modelfs.codecs.base import EncodeContext, register_codec
 from modelfs.codecs.planes import decode_planes, encode_planes, xor_bytes
 from modelfs.dtypes import DType
 
 MAX_BASES = 4
-_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 @dataclass(frozen=True)
@@ -45,37 +44,25 @@ class TiesHint:
     lam: float  # scale of the merged task vector
 
 
-def _as_float(buf: bytes | memoryview | np.ndarray, dtype: DType) -> Any:
-    """The chunk as float32 (float64 for F64) values; torch for the half and fp8 types."""
-    if dtype.name == "F64":
-        return np.frombuffer(buf, dtype=np.float64)
-    if dtype.name == "F32":
-        return np.frombuffer(buf, dtype=np.float32)
-    import torch
-
-    t = torch.frombuffer(bytearray(buf), dtype=getattr(torch, dtype.torch_name or ""))
-    return t.to(torch.float32).numpy()
+def _as_float(buf: bytes | memoryview | np.ndarray, dtype: DType) -> np.ndarray:
+    """The chunk as float32 (float64 for F64) values, NaNs as torch reads them (stored so)."""
+    return numerics.widen(buf, dtype, quiet_nans=True)
 
 
 def _round(values: np.ndarray, dtype: DType) -> np.ndarray:
     """float32/float64 values rounded to `dtype` (round to nearest even), as raw bytes."""
-    if dtype.name in ("F32", "F64"):
-        return values.view(np.uint8)
-    import torch
-
-    return torch.from_numpy(values).to(getattr(torch, dtype.torch_name or "")).view(torch.uint8).numpy()
+    return numerics.narrow(values, dtype, quiet_nans=True)
 
 
 def can_combine(dtype: DType) -> bool:
-    return dtype.is_float and dtype.itemsize in _UINT and (
-        dtype.name in ("F32", "F64") or dtype.torch_name is not None)
+    return numerics.has_values(dtype)
 
 
 def combine(parts: Sequence[bytes | memoryview], dtype: DType, weights: Sequence[float]) -> np.ndarray:
     """sum(w_i * x_i) in a fixed order, rounded to dtype; elements all parts agree on kept."""
     if len(parts) != len(weights) or not parts:
         raise ValueError("one weight per part")
-    ft = np.float64 if dtype.name == "F64" else np.float32
+    ft = numerics.float_type(dtype)
     acc: np.ndarray | None = None
     for x, w in zip(parts, weights, strict=True):
         term = _as_float(x, dtype) * ft(w)
@@ -86,11 +73,11 @@ def combine(parts: Sequence[bytes | memoryview], dtype: DType, weights: Sequence
 
 def _keep_agreed(out: np.ndarray, parts: Sequence[bytes | memoryview], dtype: DType) -> np.ndarray:
     """`out` (raw bytes of dtype) with the elements every part agrees on set to that value."""
-    res = np.frombuffer(out, dtype=_UINT[dtype.itemsize]).copy()
-    first = np.frombuffer(parts[0], dtype=_UINT[dtype.itemsize])
+    res = numerics.bits(out, dtype.itemsize).copy()
+    first = numerics.bits(parts[0], dtype.itemsize)
     same = np.ones(len(first), dtype=bool)
     for x in parts[1:]:
-        same &= np.frombuffer(x, dtype=_UINT[dtype.itemsize]) == first
+        same &= numerics.bits(x, dtype.itemsize) == first
     res[same] = first[same]
     return res.view(np.uint8)
 
@@ -103,7 +90,7 @@ def task_vector(x: bytes | memoryview, base: bytes | memoryview, dtype: DType) -
 def ties_combine(parts: Sequence[bytes | memoryview], dtype: DType, thresholds: Sequence[float],
                  lam: float) -> np.ndarray:
     """TIES on (base, a, b) given each task vector's trim threshold: trim, elect, disjoint mean."""
-    ft = np.float64 if dtype.name == "F64" else np.float32
+    ft = numerics.float_type(dtype)
     base = _as_float(parts[0], dtype)
     taus = []
     for x, thr in zip(parts[1:], thresholds, strict=True):

@@ -13,17 +13,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modelfs import numerics
 from modelfs.codecs.base import EncodeContext, register_codec
 from modelfs.codecs.planes import decode_planes, encode_planes, zstd_compress, zstd_decompress
 
 MAX_FRACTION = 0.25  # beyond this a dense XOR is as small, and cheaper to decode
-_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def changed_positions(data: bytes | memoryview, base: bytes | memoryview, itemsize: int) -> np.ndarray:
     """Indices of elements whose bit patterns differ (the definition of 'changed')."""
-    a = np.frombuffer(data, dtype=_UINT[itemsize])
-    b = np.frombuffer(base, dtype=_UINT[itemsize])
+    a = np.frombuffer(data, dtype=numerics.UINT[itemsize])
+    b = np.frombuffer(base, dtype=numerics.UINT[itemsize])
     return np.flatnonzero(a != b)
 
 
@@ -34,7 +34,7 @@ class SparseCodec:
 
     def applies(self, ctx: EncodeContext) -> bool:
         return (len(ctx.bases) == 1 and len(ctx.base_dtypes) == 1
-                and ctx.base_dtypes[0].name == ctx.dtype.name and ctx.dtype.itemsize in _UINT)
+                and ctx.base_dtypes[0].name == ctx.dtype.name and ctx.dtype.itemsize in numerics.UINT)
 
     def encode(self, data: bytes, ctx: EncodeContext) -> bytes | None:
         isz = ctx.dtype.itemsize
@@ -45,8 +45,8 @@ class SparseCodec:
         if len(pos) > n * MAX_FRACTION:
             return None
         gaps = np.diff(pos, prepend=-1).astype(np.uint32)  # >= 1 each; small for clusters
-        a = np.frombuffer(data, dtype=_UINT[isz])[pos]
-        b = np.frombuffer(ctx.bases[0], dtype=_UINT[isz])[pos]
+        a = np.frombuffer(data, dtype=numerics.UINT[isz])[pos]
+        b = np.frombuffer(ctx.bases[0], dtype=numerics.UINT[isz])[pos]
         zgaps = zstd_compress(gaps.tobytes())
         return struct.pack("<II", len(pos), len(zgaps)) + zgaps + encode_planes((a ^ b).tobytes(), isz)
 
@@ -55,8 +55,8 @@ class SparseCodec:
         count, zlen = struct.unpack_from("<II", payload, 0)
         gaps = np.frombuffer(zstd_decompress(payload[8:8 + zlen], 4 * count), dtype=np.uint32)
         pos = np.cumsum(gaps.astype(np.int64)) - 1
-        xor = np.frombuffer(decode_planes(payload[8 + zlen:], count * isz), dtype=_UINT[isz])
-        out = np.frombuffer(ctx.bases[0], dtype=_UINT[isz]).copy()
+        xor = np.frombuffer(decode_planes(payload[8 + zlen:], count * isz), dtype=numerics.UINT[isz])
+        out = np.frombuffer(ctx.bases[0], dtype=numerics.UINT[isz]).copy()
         if count:
             if pos[-1] >= len(out) or len(pos) != count:
                 raise ValueError("sparse payload lists a position past the end of the chunk")

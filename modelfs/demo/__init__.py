@@ -1,5 +1,5 @@
 """Demo material: real checkpoints and lineages built on the CPU, for tests and benchmarks.
 
-Nothing in the core imports this package; it needs torch and transformers, which are
-test/benchmark dependencies only.
+Nothing in the core imports this package; it trains with torch and transformers (the
+latter a test/benchmark dependency only).
 """

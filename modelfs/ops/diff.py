@@ -4,7 +4,7 @@ Streaming: tensors are compared a window of chunks at a time, so memory is bound
 few chunks, not by a tensor or a checkpoint. "Unchanged" is answered from hashes: equal
 file keys mean an unchanged file and equal chunk keys an unchanged tensor, with nothing
 decoded. A changed tensor is decoded chunk by chunk on a thread pool and compared in
-float64 (torch converts bf16 and fp8, which numpy lacks).
+float64 (`modelfs.numerics`: bf16 by a bit shift, fp8 through torch).
 
 "Changed elements" are elements whose bit patterns differ (the store's notion of change;
 -0.0 vs 0.0 counts); across a dtype change, elements whose values differ.
@@ -20,29 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from modelfs import numerics
 from modelfs.dtypes import DType
 from modelfs.lineage import FileEntry, Version
 from modelfs.repo import FileReader, Repo
 from modelfs.repo.files import FileRecord, StoredTensor
 
-_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
-_NUMPY = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
-          "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U16": np.uint16, "U32": np.uint32,
-          "U64": np.uint64, "BOOL": np.uint8}
 WINDOW_ELEMS = 1 << 19  # elements compared per job (one chunk at the default chunk size)
-
-
-def as_float64(buf: bytes | memoryview, dtype: DType) -> np.ndarray | None:
-    """The elements as float64, or None for types without a numeric reading (complex, E8M0)."""
-    np_t = _NUMPY.get(dtype.name)
-    if np_t is not None:
-        return np.frombuffer(buf, dtype=np_t).astype(np.float64)
-    if dtype.torch_name is None or not dtype.is_float:
-        return None
-    import torch  # bf16 and fp8: numpy has no such types
-
-    t = torch.frombuffer(bytearray(buf), dtype=getattr(torch, dtype.torch_name))
-    return t.to(torch.float64).numpy()
 
 
 @dataclass(slots=True)
@@ -94,10 +78,10 @@ def _finite(x: float | None) -> float | str | None:
 def compare_window(a: bytes, b: bytes, adt: DType, bdt: DType, numeric: bool = True) -> Stats:
     """Stats of one window of elements (the same elements of A and B); bits only if not numeric."""
     n = len(a) // adt.itemsize
-    same_type = adt.name == bdt.name and adt.itemsize in _UINT
+    same_type = adt.name == bdt.name and adt.itemsize in numerics.UINT
     if same_type:
-        changed = int(np.count_nonzero(np.frombuffer(a, dtype=_UINT[adt.itemsize])
-                                       != np.frombuffer(b, dtype=_UINT[adt.itemsize])))
+        changed = int(np.count_nonzero(numerics.bits(a, adt.itemsize)
+                                       != numerics.bits(b, adt.itemsize)))
         if not numeric:
             return Stats(n, changed, numeric=False)
     elif not numeric:
@@ -115,7 +99,7 @@ def compare_window(a: bytes, b: bytes, adt: DType, bdt: DType, numeric: bool = T
         sq = float(np.square(d).sum())
         mx = float(max(d.max(), -d.min())) if len(d) else 0.0
         if math.isnan(sq) and same_type:  # NaN in both with equal bits is no change: mask it out
-            keep = np.frombuffer(a, dtype=_UINT[adt.itemsize]) != np.frombuffer(b, dtype=_UINT[adt.itemsize])
+            keep = numerics.bits(a, adt.itemsize) != numerics.bits(b, adt.itemsize)
             d = d[keep]
             sq = float(np.square(d).sum())
             mx = float(np.nanmax(np.abs(d))) if len(d) else 0.0
@@ -123,11 +107,11 @@ def compare_window(a: bytes, b: bytes, adt: DType, bdt: DType, numeric: bool = T
 
 
 def _values(buf: bytes | memoryview, dtype: DType) -> np.ndarray | None:
-    """The elements in a numpy type that widens to float64 on the fly (bf16/fp8: via torch)."""
-    np_t = _NUMPY.get(dtype.name)
+    """The elements in a numpy type that widens to float64 on the fly (bf16, fp8: converted)."""
+    np_t = numerics.NUMPY.get(dtype.name)
     if np_t is not None:
         return np.frombuffer(buf, dtype=np_t)
-    return as_float64(buf, dtype)
+    return numerics.as_float64(buf, dtype)
 
 
 @dataclass(slots=True)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from modelfs import numerics
 from modelfs.codecs.mix import MixHint, TiesHint, can_combine, combine, task_vector, ties_combine
 from modelfs.dtypes import DType
 from modelfs.errors import ModelfsError
@@ -41,26 +42,12 @@ class TensorInputs:
         raw = getattr(self, which)
         if raw is None:
             raise ModelfsError(f"{self.name}: no base tensor")
-        if self.dtype.name == "F64":
-            return np.frombuffer(raw, dtype=np.float64).reshape(self.shape)
-        if self.dtype.name == "F32":
-            return np.frombuffer(raw, dtype=np.float32).reshape(self.shape)
-        import torch
-
-        t = torch.frombuffer(bytearray(raw), dtype=getattr(torch, self.dtype.torch_name or ""))
-        return t.to(torch.float32).numpy().reshape(self.shape)
+        return numerics.widen(raw, self.dtype, quiet_nans=True).reshape(self.shape)
 
     def to_bytes(self, values: np.ndarray) -> bytes:
         """float values rounded to the tensor's dtype (round to nearest even, as torch casts)."""
-        if self.dtype.name == "F64":
-            return np.ascontiguousarray(values, dtype=np.float64).tobytes()
-        v32 = np.ascontiguousarray(values, dtype=np.float32)
-        if self.dtype.name == "F32":
-            return v32.tobytes()
-        import torch
-
-        return torch.from_numpy(v32).to(getattr(torch, self.dtype.torch_name or "")).view(
-            torch.uint8).numpy().tobytes()
+        v = np.ascontiguousarray(values, dtype=numerics.float_type(self.dtype))
+        return numerics.narrow(v, self.dtype, quiet_nans=True).tobytes()
 
 
 class MergeStrategy(Protocol):

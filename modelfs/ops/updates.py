@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from modelfs import numerics
 from modelfs.codecs.lowrank import chunk_hint
 from modelfs.codecs.sparse import MAX_FRACTION, changed_positions
 from modelfs.dtypes import DType
@@ -127,10 +128,8 @@ class LowRankType:
         k = min(self.max_rank + 8, m, n)
         if k >= min(m, n) // 2 or k < 2:
             return None  # too small for factors to pay
-        from modelfs.ops.diff import as_float64
-
-        child = as_float64(pair.child, pair.dtype)
-        parent = as_float64(pair.parent, pair.dtype)
+        child = numerics.as_float64(pair.child, pair.dtype)
+        parent = numerics.as_float64(pair.parent, pair.dtype)
         if child is None or parent is None:
             return None
         d = (child - parent).reshape(m, n)
