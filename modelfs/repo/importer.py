@@ -23,7 +23,7 @@ from typing import Any
 
 import blake3
 
-from modelfs.codecs import EncodeContext, choose_encoding, get_codec
+from modelfs.codecs import EncodeContext, choose_encoding, get_codec, good_enough
 from modelfs.dtypes import DType
 from modelfs.errors import NotFound
 from modelfs.formats import InlinePart, TensorPart, parse_file
@@ -38,6 +38,21 @@ Progress = Callable[[int], None]
 # (file path, tensor name, chunk index) -> hints, each with .codec (an id), .bases (chunk keys)
 # and .hint (handed to the codec as EncodeContext.hint): what a merge or a LoRA import knows.
 ChunkHints = Callable[[str, str, int], Sequence[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One way to store a chunk: a codec, the base chunks it decodes against, the payload."""
+
+    codec: str
+    bases: tuple[bytes, ...]  # base chunk keys, in the codec's order
+    base_dtypes: tuple[DType, ...]
+    depth: int  # chain depth the chunk gets (0: self-contained)
+    payload: bytes
+
+    def record(self, dtype: DType, length: int) -> ChunkRecord:
+        return ChunkRecord(self.codec, dtype, self.depth, length,
+                           tuple(zip(self.bases, self.base_dtypes, strict=True)), memoryview(self.payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +182,8 @@ class Importer:
                 [[k for k, _, _ in s] for s in sets],
                 [1 + max(d for _, _, d in s) for s in sets])
 
-    def _encode_hinted(self, data: bytes, dt: DType, h: Any) -> tuple[str, list[bytes], list[DType], int, bytes] | None:
-        """A hint's codec on the hint's base chunks: (codec, keys, dtypes, depth, payload) or None."""
+    def _encode_hinted(self, data: bytes, dt: DType, h: Any) -> Candidate | None:
+        """A hint's codec on the hint's base chunks, or None where it does not apply."""
         try:
             recs = [self.cache.record(k) for k in h.bases]
         except NotFound:
@@ -179,7 +194,9 @@ class Importer:
         ctx = EncodeContext(dt, [self.cache.get(k) for k in h.bases], [r.dtype for r in recs], h.hint)
         codec = get_codec(h.codec)
         payload = codec.encode(data, ctx) if codec.applies(ctx) else None
-        return None if payload is None else (h.codec, list(h.bases), [r.dtype for r in recs], depth, payload)
+        if payload is None:
+            return None
+        return Candidate(h.codec, tuple(h.bases), tuple(r.dtype for r in recs), depth, payload)
 
     def _encode_chunk(self, data: memoryview, dt: DType, bases: list[tuple[StoredTensor, int]],
                       hints: Sequence[Any] = ()) -> tuple[bytes, bytes | None]:
@@ -190,21 +207,17 @@ class Importer:
         base_sets, base_keys, depths = self._base_sets(bases, dt) if bases else ([], [], [])
         raw = bytes(data)
         self.cache.put(key, raw)  # a child imported next finds its base decoded already
-        hinted = [e for e in (self._encode_hinted(raw, dt, h) for h in hints) if e is not None]
-        best = min(hinted, key=lambda e: len(e[4])) if hinted else None
-        if best is not None and len(best[4]) <= len(raw) // 64:
-            codec_id, keys, types, depth, payload = best  # the hint reproduces the chunk: done
-        else:
+        hinted = [c for c in (self._encode_hinted(raw, dt, h) for h in hints) if c is not None]
+        best = min(hinted, key=lambda c: len(c.payload)) if hinted else None
+        if best is None or not good_enough(len(best.payload), len(raw)):
             enc = choose_encoding(raw, dt, base_sets, depths)
-            codec_id, payload = enc.codec_id, enc.payload
-            keys = base_keys[enc.base_set] if enc.base_set >= 0 else []
-            types = base_sets[enc.base_set][1] if enc.base_set >= 0 else []
-            depth = depths[enc.base_set] if enc.base_set >= 0 else 0
-            if best is not None and len(best[4]) < len(payload):
-                codec_id, keys, types, depth, payload = best
-        rec = ChunkRecord(codec_id, dt, depth, len(data), tuple(zip(keys, types, strict=True)),
-                          memoryview(payload))
-        return key, rec.to_bytes()
+            chosen = (Candidate(enc.codec_id, tuple(base_keys[enc.base_set]), tuple(base_sets[enc.base_set][1]),
+                                depths[enc.base_set], enc.payload)
+                      if enc.base_set >= 0 else Candidate(enc.codec_id, (), (), 0, enc.payload))
+            if best is None or len(chosen.payload) <= len(best.payload):
+                best = chosen
+        # else: the hint reproduces the chunk, nothing else can usefully beat it
+        return key, best.record(dt, len(data)).to_bytes()
 
     # -- per file ------------------------------------------------------------------------
     def _chunk_jobs(self, path: str, mv: memoryview, layout_parts: Iterable[InlinePart | TensorPart],
