@@ -194,7 +194,6 @@ def stored(repo: Any, v: Any, others: list[Any]) -> int:
 def bench_updates(out: Path, results: dict[str, Any]) -> None:
     """A LoRA-derived version and an average merge, as stored on real MiniLM weights."""
     from modelfs.demo.lineage import build_lineage
-    from modelfs.ops.commit import commit_with_hints, has_hint_hook
     from modelfs.ops.lora import import_lora
     from modelfs.ops.merge import merge
     from modelfs.ops.updates import detect_updates
@@ -211,7 +210,6 @@ def bench_updates(out: Path, results: dict[str, Any]) -> None:
         store = out / f"store-{name}"
         shutil.rmtree(store, ignore_errors=True)
         repo = Repo.init(store)
-        r["hint_hook"] = has_hint_hook(repo)
         base = repo.import_dir(lin / "minilm@1", "minilm")
         ft = repo.import_dir(lin / "minilm-ft@1", "ft", parents=["minilm"])
         sib = repo.import_dir(lin / "minilm-seed2@1", "seed2", parents=["minilm"])
@@ -230,7 +228,7 @@ def bench_updates(out: Path, results: dict[str, Any]) -> None:
     files = {p.relative_to(src).as_posix(): p for p in sorted(src.rglob("*")) if p.is_file()}
     t0 = time.perf_counter()
     plan = detect_updates(repo, files, base)
-    v = commit_with_hints(repo, "lora", files, plan.hint, parents=[base.id], how="lora", infer_parent=False)
+    v = repo.commit_files("lora", files, hints=plan.hint, parents=[base.id], how="lora", infer_parent=False)
     r["lora_detected"] = {"logical": v.logical_size, "stored": stored(repo, v, [base]),
                           "s": round(time.perf_counter() - t0, 2),
                           "found": sorted({d["type"] for d in plan.report().values()}),

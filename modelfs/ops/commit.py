@@ -9,12 +9,10 @@ encoding where it is smaller (the `hints=` argument of `Repo.commit_files`).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from modelfs.lineage import Version
 from modelfs.repo import Repo
 
 
@@ -35,8 +33,3 @@ def staging_dir(repo: Repo, prefix: str = "ops-") -> tempfile.TemporaryDirectory
     root = repo.path / "staging" if repo.path is not None and (repo.path / "staging").is_dir() else None
     return tempfile.TemporaryDirectory(prefix=prefix, dir=root)
 
-
-def commit_with_hints(repo: Repo, model: str, files: Mapping[str, Path], hints: HintFn | None,
-                      **kw: Any) -> Version:
-    """`Repo.commit_files` with chunk hints."""
-    return repo.commit_files(model, files, hints=hints, **kw)

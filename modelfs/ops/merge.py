@@ -30,7 +30,7 @@ from typing import Any
 from modelfs.errors import Conflict, ModelfsError
 from modelfs.formats import get_format
 from modelfs.lineage import FileEntry, Version
-from modelfs.ops.commit import ChunkHint, commit_with_hints, staging_dir
+from modelfs.ops.commit import ChunkHint, staging_dir
 from modelfs.ops.strategies import (
     MergeStrategy,
     TensorInputs,
@@ -417,7 +417,7 @@ def merge(repo: Repo, a: Version, b: Version, *, base: Version | None = None, st
                                     for r in plan.rules],
                           "computed_tensors": plan.computed}}
         msg = message or f"merge {a.ref} and {b.ref} ({strategy})"
-        v = commit_with_hints(repo, model, files, writer.hint, parents=[a.id, b.id], how="merge",
+        v = repo.commit_files(model, files, hints=writer.hint, parents=[a.id, b.id], how="merge",
                               message=msg, provenance=prov, infer_parent=False, keep=keep)
     return v
 

@@ -86,10 +86,6 @@ class Counters:
         with self._lock:
             self.cache_hits += 1
 
-    def as_dict(self) -> dict[str, int]:
-        return {"chunks_decoded": self.chunks_decoded, "bytes_decoded": self.bytes_decoded,
-                "cache_hits": self.cache_hits}
-
 
 class ChunkCache:
     """LRU of decoded chunks bounded by bytes; one decode per key even under concurrency."""

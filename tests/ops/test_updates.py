@@ -13,7 +13,6 @@ import pytest
 import safetensors.numpy as st_numpy
 
 from modelfs.errors import ModelfsError
-from modelfs.ops.commit import commit_with_hints
 from modelfs.ops.lora import import_lora, read_adapter
 from modelfs.ops.updates import detect_updates
 from modelfs.repo import Repo
@@ -92,7 +91,7 @@ def test_detected_updates_are_lowrank_and_sparse(repo: Repo, lora_dirs: Any, tmp
     splan = detect_updates(repo, files_of(sparse_dir), base)
     assert {k.split(":")[1]: d["type"] for k, d in splan.report().items()} == {
         "encoder.layer.2.output.dense.weight": "sparse", "pooler.dense.bias": "sparse"}
-    v = commit_with_hints(repo, "sparse", files_of(sparse_dir), splan.hint, parents=[base.id],
+    v = repo.commit_files("sparse", files_of(sparse_dir), hints=splan.hint, parents=[base.id],
                           infer_parent=False)
     out = tmp_path / "out"
     repo.export(v.ref, out)
