@@ -30,8 +30,9 @@ import trio
 from modelfs import locks
 from modelfs.errors import ModelfsError
 from modelfs.fs import control
+from modelfs.fs.draftsync import Recovery, plan_recovery
 from modelfs.fs.ops import Operations
-from modelfs.fs.writes import Recovery, StagingArea, plan_recovery
+from modelfs.fs.staging import StagingArea
 from modelfs.repo import Repo
 from modelfs.repo.access import set_file_mode, store_access
 

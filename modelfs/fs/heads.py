@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from modelfs.fs.writes import Staged
+from modelfs.fs.staged import Staged
 from modelfs.lineage import FileEntry
 
 Content = FileEntry | Staged

@@ -31,22 +31,21 @@ import pyfuse3
 import trio
 
 from modelfs.errors import NotFound
-from modelfs.fs.readahead import ReadAhead, merge_spans
-from modelfs.fs.tree import Attr, FsError, Kind, Tree
-from modelfs.fs.writes import (
+from modelfs.fs.draftsync import (
     Committed,
     Recovery,
-    Settler,
-    Staged,
-    StagingArea,
     StoreOp,
     apply_op,
     commit_model,
-    copy_up,
     plan_recovery,
     stage_closed,
     with_mode,
 )
+from modelfs.fs.readahead import ReadAhead, merge_spans
+from modelfs.fs.settle import Settler
+from modelfs.fs.staged import Staged, copy_up
+from modelfs.fs.staging import StagingArea
+from modelfs.fs.tree import Attr, FsError, Kind, Tree
 from modelfs.repo import FileEntry, FileReader, Repo
 
 log = logging.getLogger("modelfs.fs")

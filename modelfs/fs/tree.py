@@ -41,8 +41,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modelfs.errors import InvalidName, ModelfsError, NameTooLong, NotFound
+from modelfs.fs.draftsync import StoreOp, with_mode
 from modelfs.fs.heads import Content, Head, HeadError, join, parent_of, under
-from modelfs.fs.writes import Staged, StagingArea, StoreOp, with_mode
+from modelfs.fs.staged import Staged
+from modelfs.fs.staging import StagingArea
 from modelfs.lineage import FileEntry, ModelInfo, Version
 from modelfs.names import NAME_MAX, check_file_path, check_model_name, name_bytes
 from modelfs.repo.drafts import Draft

@@ -20,8 +20,8 @@ import trio
 from repohelp import commit
 
 from modelfs.fs.ops import Operations  # noqa: E402
+from modelfs.fs.staging import StagingArea  # noqa: E402
 from modelfs.fs.tree import ROOT_INO  # noqa: E402
-from modelfs.fs.writes import StagingArea  # noqa: E402
 from modelfs.repo import Repo
 from modelfs.store import MemoryStore
 

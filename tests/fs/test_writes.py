@@ -16,17 +16,12 @@ import pytest
 from repohelp import commit, names, walk
 
 from modelfs.errors import Conflict
+from modelfs.fs.draftsync import StoreOp, apply_op, plan_recovery, stage_closed
 from modelfs.fs.heads import Head, HeadError
+from modelfs.fs.settle import Settler
+from modelfs.fs.staged import copy_up
+from modelfs.fs.staging import StagingArea
 from modelfs.fs.tree import ROOT_INO, FsError, Kind, Tree
-from modelfs.fs.writes import (
-    Settler,
-    StagingArea,
-    StoreOp,
-    apply_op,
-    copy_up,
-    plan_recovery,
-    stage_closed,
-)
 from modelfs.lineage import FileEntry
 from modelfs.repo import Repo
 from modelfs.store import MemoryStore
