@@ -243,18 +243,34 @@ def test_files_that_are_not_safetensors_are_blobs_without_warning() -> None:
     roundtrip_through_repo({"config.json": b'{"a": 1}', "empty": b"", "b.bin": bytes(range(256)) * 3})
 
 
+# What safetensors 0.8 writes for `save({}, metadata={})`: a header that is not JSON (it cannot
+# load the file itself). Spelled out so the test does not depend on the installed version.
+SAFETENSORS_08_EMPTY_WITH_METADATA = b'\x18\x00\x00\x00\x00\x00\x00\x00{},"__metadata__":{}}   '
+
+
 def test_safetensors_own_invalid_output_is_a_blob() -> None:
-    """safetensors 0.8 saves no tensors with empty metadata as `{},"__metadata__":{}}`, which
-    it cannot load itself: modelfs must keep those bytes as they are, not repair them."""
-    data = st_torch.save({}, metadata={})
-    try:
-        st_torch.load(data)
-    except Exception:  # noqa: BLE001  (whatever safetensors raises: the file is invalid)
-        assert_blob("odd.safetensors", data)
-    else:  # a fixed safetensors writes a valid file, which must then parse cleanly
-        layout, warning = parse_file("odd.safetensors", memoryview(data))
-        assert warning is None and layout.format == "safetensors"
-    roundtrip_through_repo({"odd.safetensors": data})
+    """modelfs keeps those bytes as they are (a blob, with a warning), never repairs them."""
+    data = SAFETENSORS_08_EMPTY_WITH_METADATA
+    (hlen,) = struct.unpack_from("<Q", data, 0)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(data[8:8 + hlen])
+    assert_blob("odd.safetensors", data)  # a blob, and a warning naming the file
+    repo = roundtrip_through_repo({"odd.safetensors": data})
+    assert repo.resolve("m").files["odd.safetensors"].format == "blob"
+
+
+def test_an_empty_file_with_metadata_written_validly_parses() -> None:
+    """The same content with a valid header is an ordinary safetensors file: header verbatim."""
+    data = handmade('{"__metadata__":{}}     ')
+    layout, warning = parse_file("empty.safetensors", memoryview(data))
+    assert warning is None and layout.format == "safetensors"
+    assert layout.parts == (InlinePart(data),)
+    roundtrip_through_repo({"empty.safetensors": data})
+
+
+def test_whatever_the_installed_safetensors_writes_for_no_tensors_roundtrips() -> None:
+    roundtrip_through_repo({"odd.safetensors": st_torch.save({}, metadata={}),
+                            "none.safetensors": st_torch.save({})})
 
 
 def test_a_safetensors_file_under_another_name_is_recognised_by_its_magic() -> None:

@@ -39,10 +39,14 @@ def test_reading_one_small_tensor_does_not_prefetch() -> None:
 
 
 def test_reordered_concurrent_requests_still_count_as_sequential() -> None:
+    """Requests the kernel sends out of order within `slack` keep the run going: prefetch starts
+    once `trigger` bytes were read, right after the furthest byte read, and is asked once."""
     ra = ReadAhead(size=64 * MiB, window=16 * MiB, trigger=2 * MiB, slack=4 * MiB)
     order = [0, 2, 1, 3, 5, 4, 6, 7]
     spans = [ra.on_read(i * MiB, MiB) for i in order]
-    assert any(spans)
+    assert spans == [None, (3 * MiB, 19 * MiB), None, None, None, None, None, None]
+    # a jump beyond the slack is random access: the run starts over, nothing is prefetched
+    assert ra.on_read(40 * MiB, MiB) is None
 
 
 def test_small_chunks_are_merged_big_ones_kept() -> None:

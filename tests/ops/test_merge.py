@@ -57,17 +57,31 @@ def ties_reference(a: np.ndarray, b: np.ndarray, base: np.ndarray, density: floa
     return keep_agreed(out, base, a, b)
 
 
-def reference(strategy: str, a: np.ndarray, b: np.ndarray, base: np.ndarray | None) -> np.ndarray:
-    if strategy == "weighted-average":  # alpha 0.3: the weight of B
-        return keep_agreed(F(0.7) * a + F(0.3) * b, a, b)
+def reference(strategy: str, a: np.ndarray, b: np.ndarray, base: np.ndarray | None,
+              params: dict[str, float]) -> np.ndarray:
+    """The merged tensor computed directly, with the strategy's documented defaults."""
+    if strategy == "weighted-average":  # alpha: the weight of B
+        alpha = params.get("alpha", 0.5)
+        return keep_agreed(F(1.0 - alpha) * a + F(alpha) * b, a, b)
+    assert base is not None
     if strategy == "average-3":
         w = F(1 / 3)
         return keep_agreed(w * a + w * b + w * base, a, b, base)
-    if strategy == "task-arithmetic":  # lambda 0.4, as (1 - 2l) base + l a + l b
-        return keep_agreed(F(0.2) * base + F(0.4) * a + F(0.4) * b, base, a, b)
+    if strategy == "task-arithmetic":  # lambda = alpha, as (1 - 2l) base + l a + l b
+        lam = params.get("alpha", 1.0)
+        return keep_agreed(F(1.0 - 2.0 * lam) * base + F(lam) * a + F(lam) * b, base, a, b)
     if strategy == "ties":
-        return ties_reference(a, b, base, 0.3, 0.8)
+        return ties_reference(a, b, base, params.get("density", 0.2), params.get("alpha", 1.0))
     raise AssertionError(strategy)
+
+
+def assert_merged(out: dict[str, np.ndarray], strategy: str, a: dict[str, np.ndarray],
+                  b: dict[str, np.ndarray], base: dict[str, np.ndarray], params: dict[str, float]) -> None:
+    """Every merged tensor has exactly the bits of the direct computation."""
+    assert set(out) == set(a)
+    for name in a:
+        ref = reference(strategy, a[name], b[name], base.get(name), params)
+        assert np.array_equal(out[name].view(np.uint32), ref.view(np.uint32)), name
 
 
 PARAMS = {"weighted-average": {"alpha": 0.3}, "average-3": {}, "task-arithmetic": {"alpha": 0.4},
@@ -83,10 +97,7 @@ def test_value_strategies_match_a_direct_computation(ops_repo: Repo, trained: An
     assert v.derived_from == (ops_repo.resolve("ft").id, ops_repo.resolve("sib").id)
     assert v.how == "merge" and v.provenance["merge"]["base"] == "base@1"
     out = merged_tensors(ops_repo, v.ref, tmp_path)
-    assert set(out) == set(a)
-    for name in a:
-        ref = reference(strategy, a[name], b[name], base.get(name))
-        assert np.array_equal(out[name].view(np.uint32), ref.view(np.uint32)), name
+    assert_merged(out, strategy, a, b, base, PARAMS[strategy])
     if strategy == "task-arithmetic":  # the textbook formula, up to float32 rounding
         name = "encoder.layer.3.output.dense.weight"
         lam = F(0.4)
@@ -122,30 +133,44 @@ def test_take_base_and_rules(ops_repo: Repo, trained: Any, tmp_path: Path) -> No
     assert "embeddings.position_ids" in out  # take-base keeps what only the base has
 
 
-def test_average_merge_loads_and_costs_little(ops_repo: Repo, tmp_path: Path) -> None:
+def _new_chunks_stored(repo: Repo, v: Any, *inputs: Any) -> int:
+    have = {k for x in inputs for e in x.files.values() for t in repo.file_record(e).tensors() for k in t.chunks}
+    new = {k for e in v.files.values() for t in repo.file_record(e).tensors() for k in t.chunks} - have
+    return repo.stored_size_of(new)
+
+
+def test_average_merge_loads_and_costs_little(ops_repo: Repo, trained: Any, tmp_path: Path) -> None:
     import transformers
     ft, sib = ops_repo.resolve("ft"), ops_repo.resolve("sib")
     v = merge(ops_repo, ft, sib, strategy="weighted-average", into="soup")
+    a, b = load(trained.ft), load(trained.ft_sibling)
     out = tmp_path / "soup"
     ops_repo.export(v.ref, out)
+    assert_merged(load(out), "weighted-average", a, b, {}, {})
     model = transformers.AutoModel.from_pretrained(str(out), local_files_only=True)
+    loaded = {n: t.detach().numpy() for n, t in model.state_dict().items()}
+    assert set(a) <= set(loaded)  # every merged weight is a weight of the model
+    for name in a:  # the model holds the merged values, not a re-initialisation
+        assert np.array_equal(loaded[name], reference("weighted-average", a[name], b[name], None, {})), name
+    ids = torch.tensor([[101, 2023, 2003, 102]])
     with torch.no_grad():
-        h = model(input_ids=torch.tensor([[101, 2023, 2003, 102]])).last_hidden_state
-    assert torch.isfinite(h).all()
-    have = {k for x in (ft, sib, ops_repo.resolve("base")) for e in x.files.values()
-            for t in ops_repo.file_record(e).tensors() for k in t.chunks}
-    new = {k for e in v.files.values() for t in ops_repo.file_record(e).tensors() for k in t.chunks} - have
-    assert ops_repo.stored_size_of(new) < v.logical_size * 0.01  # the rounding residual, nearly nothing
+        h = model(input_ids=ids).last_hidden_state
+        h_ft = transformers.AutoModel.from_pretrained(str(trained.ft), local_files_only=True)(
+            input_ids=ids).last_hidden_state
+    assert torch.isfinite(h).all() and not torch.equal(h, h_ft)
+    base = ops_repo.resolve("base")
+    assert _new_chunks_stored(ops_repo, v, ft, sib, base) < v.logical_size * 0.01  # the rounding residual
 
 
 @pytest.mark.parametrize("strategy", ["weighted-average", "task-arithmetic", "ties"])
-def test_predictable_merges_store_small_with_hints(ops_repo: Repo, strategy: str) -> None:
-    ft, sib = ops_repo.resolve("ft"), ops_repo.resolve("sib")
-    v = merge(ops_repo, ft, sib, strategy=strategy, params={"alpha": 0.35}, into=f"h-{strategy}")
-    have = {k for x in (ft, sib, ops_repo.resolve("base")) for e in x.files.values()
-            for t in ops_repo.file_record(e).tensors() for k in t.chunks}
-    new = {k for e in v.files.values() for t in ops_repo.file_record(e).tensors() for k in t.chunks} - have
-    assert ops_repo.stored_size_of(new) < v.logical_size * 0.01
+def test_predictable_merges_store_small_with_hints(ops_repo: Repo, trained: Any, tmp_path: Path,
+                                                   strategy: str) -> None:
+    ft, sib, base = ops_repo.resolve("ft"), ops_repo.resolve("sib"), ops_repo.resolve("base")
+    params = {"alpha": 0.35}
+    v = merge(ops_repo, ft, sib, strategy=strategy, params=params, into=f"h-{strategy}")
+    assert_merged(merged_tensors(ops_repo, v.ref, tmp_path), strategy, load(trained.ft),
+                  load(trained.ft_sibling), load(trained.base), params)
+    assert _new_chunks_stored(ops_repo, v, ft, sib, base) < v.logical_size * 0.01
 
 
 # -- conflicts and bad input -------------------------------------------------------------------------
