@@ -41,11 +41,13 @@ from modelfs.fs.draftsync import (
     stage_closed,
     with_mode,
 )
+from modelfs.fs.headwrites import HeadWrites
+from modelfs.fs.nodes import Attr, FsError, Kind
 from modelfs.fs.readahead import ReadAhead, merge_spans
 from modelfs.fs.settle import Settler
 from modelfs.fs.staged import Staged, copy_up
 from modelfs.fs.staging import StagingArea
-from modelfs.fs.tree import Attr, FsError, Kind, Tree
+from modelfs.fs.tree import Tree
 from modelfs.repo import FileEntry, FileReader, Repo
 
 log = logging.getLogger("modelfs.fs")
@@ -147,6 +149,7 @@ class Operations(pyfuse3.Operations):
         self.staging = staging
         self.tree = Tree(repo, root_xattrs=self._root_xattrs, head_xattrs=self._head_xattrs,
                          staging=staging, refresh_interval=refresh_interval)
+        self.writes = HeadWrites(self.tree)
         cores = os.cpu_count() or 2
         self._limiter = trio.CapacityLimiter(threads or cores + 1)
         self._prefetch_limiter = trio.CapacityLimiter(max(1, cores))
@@ -460,10 +463,9 @@ class Operations(pyfuse3.Operations):
 
     def _looked_at(self, ino: int) -> None:
         """A lookup or listing in a head with a draft keeps its burst going (``Settler``)."""
-        n = self.tree.node(ino)
-        if n.model and n.model in self.settler.models and (
-                n.kind is Kind.HEAD or n.key[0] == "hd"):
-            self.settler.touch(n.model, change=False)
+        model = self.tree.model_dir(ino)
+        if model and model in self.settler.models:
+            self.settler.touch(model, change=False)
 
     @boundary
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
@@ -506,9 +508,9 @@ class Operations(pyfuse3.Operations):
         d = self._dirs.get(fh)
         if d is None or self.staging is None:
             return
-        n = self.tree.node(d[0])
-        if n.model and (n.kind is Kind.HEAD or n.key[0] == "hd"):
-            await self.commit(n.model, "fsync", force=True)
+        model = self.tree.model_dir(d[0])
+        if model:
+            await self.commit(model, "fsync", force=True)
 
     @boundary
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
@@ -564,7 +566,7 @@ class Operations(pyfuse3.Operations):
         if writing:
             if not self.tree.is_writable(inode):
                 raise erofs()
-            st = self.tree.open_write(inode)
+            st = self.writes.open_write(inode)
             fh = self._handle(OpenFile(st.size, staged=st, write=True))
             self._touch(st.model)
             if flags & os.O_TRUNC:
@@ -700,7 +702,7 @@ class Operations(pyfuse3.Operations):
             if h is not None and h.write and h.staged is not None and not h.staged.frozen:
                 await self._truncate(h.staged, attr.st_size)
             else:  # truncate(2) by path: open, truncate, close
-                st = self.tree.open_write(inode)
+                st = self.writes.open_write(inode)
                 tmp = self._handle(OpenFile(st.size, staged=st, write=True))
                 try:
                     await self._truncate(st, attr.st_size)
@@ -708,15 +710,15 @@ class Operations(pyfuse3.Operations):
                     await self.release(tmp)
         if fields.update_mode:
             model = n.model
-            await self._store_ops(model, self.tree.chmod(inode, attr.st_mode))
+            await self._store_ops(model, self.writes.chmod(inode, attr.st_mode))
         if fields.update_mtime:
-            self.tree.utime(inode, attr.st_mtime_ns)
+            self.writes.utime(inode, attr.st_mtime_ns)
         return self._entry(self.tree.getattr(inode))
 
     @boundary
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        a, st = self.tree.create(parent_inode, os.fsdecode(name), mode)
+        a, st = self.writes.create(parent_inode, os.fsdecode(name), mode)
         log.debug("create %s/%s", st.model, st.path)
         fh = self._handle(OpenFile(0, staged=st, write=True))
         self._touch(st.model)
@@ -790,7 +792,7 @@ class Operations(pyfuse3.Operations):
                              f"({os.strerror(st.broken)}); the path shows what it held before")
             return
         if st.gen == 0:  # opened for writing, never changed
-            self.tree.revert(st)
+            self.writes.revert(st)
             st.file.unlink(missing_ok=True)
             return
         if not st.present and st.recorded_gen == 0:  # removed before it was ever closed
@@ -809,7 +811,7 @@ class Operations(pyfuse3.Operations):
     async def _drop(self, st: Staged, why: str) -> None:
         """A file whose save failed: not kept, and its burst held back (never half a save)."""
         self._error(st.model, why)
-        self.tree.revert(st)
+        self.writes.revert(st)
         # a pending pointer to it (from an earlier close) is dropped by the next commit
         st.file.unlink(missing_ok=True)
         self._send_invalidations()
@@ -831,7 +833,7 @@ class Operations(pyfuse3.Operations):
             self.stats.files_stored += 1
             log.info("stored %s/%s: %s, %d bytes, %.2fs", model, path, entry.format, entry.size,
                      time.monotonic() - t0)
-            if self.tree.stored(st, entry) and entry.mode != st.mode:
+            if self.writes.stored(st, entry) and entry.mode != st.mode:
                 await self._store_ops(model, [StoreOp("entry", model, st.path,
                                                       entry=with_mode(entry, st.mode))])
         except Exception as e:
@@ -849,7 +851,7 @@ class Operations(pyfuse3.Operations):
     @boundary
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any
                     ) -> pyfuse3.EntryAttributes:
-        a = self.tree.mkdir(parent_inode, os.fsdecode(name), mode)
+        a = self.writes.mkdir(parent_inode, os.fsdecode(name), mode)
         n = self.tree.node(a.ino)
         if n.kind is Kind.HEAD:
             log.info("new model directory %s (its parent is inferred from its first tensors, "
@@ -858,19 +860,19 @@ class Operations(pyfuse3.Operations):
 
     @boundary
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        ops = self.tree.unlink(parent_inode, os.fsdecode(name))
+        ops = self.writes.unlink(parent_inode, os.fsdecode(name))
         await self._store_ops(ops[0].model, ops)
 
     @boundary
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        self.tree.rmdir(parent_inode, os.fsdecode(name))
+        self.writes.rmdir(parent_inode, os.fsdecode(name))
 
     @boundary
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: Any) -> None:
         if flags & ~pyfuse3.RENAME_NOREPLACE:
             raise FsError(errno.EINVAL, "only RENAME_NOREPLACE is supported")
-        ops = self.tree.rename(parent_inode_old, os.fsdecode(name_old), parent_inode_new,
+        ops = self.writes.rename(parent_inode_old, os.fsdecode(name_old), parent_inode_new,
                                os.fsdecode(name_new), bool(flags & pyfuse3.RENAME_NOREPLACE))
         if ops:
             await self._store_ops(ops[0].model, ops)
@@ -878,19 +880,19 @@ class Operations(pyfuse3.Operations):
     @boundary
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
                     ) -> pyfuse3.EntryAttributes:
-        self.tree.where(parent_inode)
+        self.writes.where(parent_inode)
         raise FsError(errno.EPERM, "only regular files and directories can be stored")
 
     @boundary
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any
                       ) -> pyfuse3.EntryAttributes:
-        self.tree.where(parent_inode)
+        self.writes.where(parent_inode)
         raise FsError(errno.EPERM, "symbolic links cannot be stored")
 
     @boundary
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
                    ) -> pyfuse3.EntryAttributes:
-        self.tree.where(new_parent_inode)
+        self.writes.where(new_parent_inode)
         raise FsError(errno.EPERM, "hard links cannot be stored")
 
     @boundary

@@ -18,6 +18,8 @@ from repohelp import commit, names, walk
 from modelfs.errors import Conflict
 from modelfs.fs.draftsync import StoreOp, apply_op, plan_recovery, stage_closed
 from modelfs.fs.heads import Head, HeadError
+from modelfs.fs.headwrites import HeadWrites
+from modelfs.fs.nodes import GoneKey
 from modelfs.fs.settle import Settler
 from modelfs.fs.staged import copy_up
 from modelfs.fs.staging import StagingArea
@@ -48,6 +50,11 @@ def staging(tmp_path: Path) -> Iterator[StagingArea]:
 @pytest.fixture
 def tree(repo: Repo, staging: StagingArea) -> Tree:
     return Tree(repo, staging=staging, refresh_interval=0.0)
+
+
+@pytest.fixture
+def writes(tree: Tree) -> HeadWrites:
+    return HeadWrites(tree)
 
 
 
@@ -244,78 +251,78 @@ def test_settler_waits_for_quiet_closed_and_stored() -> None:
 
 # ---- the writable tree ---------------------------------------------------------------------------
 
-def test_create_write_and_attributes(tree: Tree) -> None:
+def test_create_write_and_attributes(tree: Tree, writes: HeadWrites) -> None:
     head = walk(tree, "/m")
     assert tree.is_writable(head) and tree.is_writable(ROOT_INO)
     assert not tree.is_writable(walk(tree, "/m@1"))
-    a, st = tree.create(head, "new.txt", 0o640)
+    a, st = writes.create(head, "new.txt", 0o640)
     st.pwrite(b"hello", 0)
     assert tree.getattr(a.ino).size == 5 and tree.getattr(a.ino).mode & 0o777 == 0o640
     assert "new.txt" in names(tree, "/m")
     assert tree.content(a.ino) is st
-    assert errno_of(tree.create, head, "new.txt", 0o644) == errno.EEXIST
-    assert errno_of(tree.create, walk(tree, "/m@1"), "x", 0o644) == errno.EROFS
-    assert errno_of(tree.create, ROOT_INO, "x", 0o644) == errno.EPERM
-    assert errno_of(tree.open_write, walk(tree, "/m@1/config.json")) == errno.EROFS
+    assert errno_of(writes.create, head, "new.txt", 0o644) == errno.EEXIST
+    assert errno_of(writes.create, walk(tree, "/m@1"), "x", 0o644) == errno.EROFS
+    assert errno_of(writes.create, ROOT_INO, "x", 0o644) == errno.EPERM
+    assert errno_of(writes.open_write, walk(tree, "/m@1/config.json")) == errno.EROFS
 
 
-def test_open_write_is_a_lazy_copy_shared_by_writers(tree: Tree) -> None:
+def test_open_write_is_a_lazy_copy_shared_by_writers(tree: Tree, writes: HeadWrites) -> None:
     ino = walk(tree, "/m/model.bin")
-    st = tree.open_write(ino)
-    assert tree.open_write(ino) is st and not st.materialized
+    st = writes.open_write(ino)
+    assert writes.open_write(ino) is st and not st.materialized
     assert tree.getattr(ino).size == len(BASE["model.bin"])
     st.freeze()  # closed: the next writer gets a copy of it
-    st2 = tree.open_write(ino)
+    st2 = writes.open_write(ino)
     assert st2 is not st and st2.base is st and not st.present
 
 
-def test_rename_moves_the_inode_and_returns_store_ops(tree: Tree) -> None:
+def test_rename_moves_the_inode_and_returns_store_ops(tree: Tree, writes: HeadWrites) -> None:
     head = walk(tree, "/m")
-    a, st = tree.create(head, ".tmp1", 0o600)
+    a, st = writes.create(head, ".tmp1", 0o600)
     old_cfg = walk(tree, "/m/config.json")
-    ops = tree.rename(head, ".tmp1", head, "config.json")
+    ops = writes.rename(head, ".tmp1", head, "config.json")
     assert ops == [StoreOp("rename", "m", ".tmp1", "config.json")]
     assert walk(tree, "/m/config.json") == a.ino and st.path == "config.json"
-    assert tree.node(old_cfg).key[0] == "gone"  # replaced: open handles keep its bytes
+    assert isinstance(tree.node(old_cfg).key, GoneKey)  # replaced: open handles keep its bytes
     assert tree.getattr(old_cfg).size == len(BASE["config.json"])
     sub = walk(tree, "/m/sub")
     x = walk(tree, "/m/sub/x.txt")
-    ops = tree.rename(head, "sub", head, "sub2")
+    ops = writes.rename(head, "sub", head, "sub2")
     assert ops == [StoreOp("rename", "m", "sub/x.txt", "sub2/x.txt")]
     assert walk(tree, "/m/sub2") == sub and walk(tree, "/m/sub2/x.txt") == x
     assert tree.node(x).path == "sub2/x.txt"
 
 
-def test_unlink_mkdir_rmdir_chmod(tree: Tree) -> None:
+def test_unlink_mkdir_rmdir_chmod(tree: Tree, writes: HeadWrites) -> None:
     head = walk(tree, "/m")
     x = walk(tree, "/m/sub/x.txt")
-    assert tree.unlink(walk(tree, "/m/sub"), "x.txt") == [StoreOp("remove", "m", "sub/x.txt")]
+    assert writes.unlink(walk(tree, "/m/sub"), "x.txt") == [StoreOp("remove", "m", "sub/x.txt")]
     assert names(tree, "/m/sub") == []  # the directory stays, empty
-    assert tree.node(x).key[0] == "gone"
-    tree.rmdir(head, "sub")
+    assert isinstance(tree.node(x).key, GoneKey)
+    writes.rmdir(head, "sub")
     assert "sub" not in names(tree, "/m")
-    tree.mkdir(head, "d", 0o700)
+    writes.mkdir(head, "d", 0o700)
     assert tree.getattr(walk(tree, "/m/d")).mode & 0o777 == 0o700
-    assert errno_of(tree.unlink, head, "nope") == errno.ENOENT
-    ops = tree.chmod(walk(tree, "/m/config.json"), 0o600)
+    assert errno_of(writes.unlink, head, "nope") == errno.ENOENT
+    ops = writes.chmod(walk(tree, "/m/config.json"), 0o600)
     assert ops[0].kind == "entry" and ops[0].entry is not None and ops[0].entry.mode == 0o600
     assert tree.getattr(walk(tree, "/m/config.json")).mode & 0o777 == 0o600
 
 
-def test_new_models_at_the_root(tree: Tree, repo: Repo) -> None:
-    a = tree.mkdir(ROOT_INO, "fresh", 0o755)
+def test_new_models_at_the_root(tree: Tree, writes: HeadWrites, repo: Repo) -> None:
+    a = writes.mkdir(ROOT_INO, "fresh", 0o755)
     assert tree.node(a.ino).kind is Kind.HEAD and "fresh" in names(tree, "/")
     assert names(tree, "/fresh") == []
-    assert errno_of(tree.mkdir, ROOT_INO, "bad@name", 0o755) == errno.EINVAL
-    assert errno_of(tree.mkdir, ROOT_INO, ".hidden", 0o755) == errno.EINVAL
-    assert errno_of(tree.mkdir, ROOT_INO, "m", 0o755) == errno.EEXIST
-    assert errno_of(tree.rmdir, ROOT_INO, "m") == errno.EPERM
-    tree.rmdir(ROOT_INO, "fresh")  # made here and still empty: it may go again
+    assert errno_of(writes.mkdir, ROOT_INO, "bad@name", 0o755) == errno.EINVAL
+    assert errno_of(writes.mkdir, ROOT_INO, ".hidden", 0o755) == errno.EINVAL
+    assert errno_of(writes.mkdir, ROOT_INO, "m", 0o755) == errno.EEXIST
+    assert errno_of(writes.rmdir, ROOT_INO, "m") == errno.EPERM
+    writes.rmdir(ROOT_INO, "fresh")  # made here and still empty: it may go again
     assert "fresh" not in names(tree, "/")
-    assert errno_of(tree.rename, walk(tree, "/m"), "config.json", walk(tree, "/m@1"),
+    assert errno_of(writes.rename, walk(tree, "/m"), "config.json", walk(tree, "/m@1"),
                     "c") == errno.EROFS
-    tree.mkdir(ROOT_INO, "other", 0o755)
-    assert errno_of(tree.rename, walk(tree, "/m"), "config.json", walk(tree, "/other"),
+    writes.mkdir(ROOT_INO, "other", 0o755)
+    assert errno_of(writes.rename, walk(tree, "/m"), "config.json", walk(tree, "/other"),
                     "c") == errno.EXDEV
 
 
@@ -326,10 +333,10 @@ def test_a_derived_model_shows_its_parent_at_once(tree: Tree, repo: Repo) -> Non
     assert "user.modelfs.version" not in tree.xattrs(walk(tree, "/clone"))
 
 
-def test_an_outside_commit_reconciles_but_keeps_staged_files(tree: Tree, repo: Repo,
+def test_an_outside_commit_reconciles_but_keeps_staged_files(tree: Tree, writes: HeadWrites, repo: Repo,
                                                              tmp_path: Path) -> None:
     head = walk(tree, "/m")
-    _, st = tree.create(head, "mine.txt", 0o644)
+    _, st = writes.create(head, "mine.txt", 0o644)
     cfg = walk(tree, "/m/config.json")
     tree.take_pending()
     commit(repo, tmp_path, "m", {"config.json": b"changed", "model.bin": BASE["model.bin"]})
