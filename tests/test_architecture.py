@@ -1,6 +1,7 @@
 """Architecture rules as tests: the layers of DESIGN.md, checked on the source with `ast`.
 
-- `lmdb` is imported only in modelfs/store/; `pyfuse3` and `trio` only in modelfs/fs/;
+- `lmdb` is imported only in modelfs/store/; `pyfuse3` and `trio` only in modelfs/fs/; the
+  test libraries (`pytest`, `hypothesis`) only in the conformance suites, modelfs/testing/;
   `os.environ` (and getenv/putenv) is touched only in modelfs/cli/.
 - Imports point down the layers: store imports nothing from modelfs but errors; codecs and
   formats never reach up into repo, lineage, cli or fs; repo never imports cli or fs.
@@ -69,7 +70,8 @@ def test_the_package_is_found() -> None:
             "modelfs.cli"} <= names
 
 
-@pytest.mark.parametrize(("library", "allowed"), [("lmdb", "store"), ("pyfuse3", "fs"), ("trio", "fs")])
+@pytest.mark.parametrize(("library", "allowed"), [("lmdb", "store"), ("pyfuse3", "fs"), ("trio", "fs"),
+                                                  ("pytest", "testing"), ("hypothesis", "testing")])
 def test_third_party_libraries_stay_in_their_layer(library: str, allowed: str) -> None:
     offenders = [f"{path.relative_to(PKG.parent)}:{line}"
                  for name, path, tree in ALL
@@ -143,4 +145,12 @@ def test_front_ends_reach_the_store_only_through_repo() -> None:
         for mod, line in imported_modules(name, tree):
             if top(mod) == "modelfs" and layer(mod) == "store":
                 offenders.append(f"{path.relative_to(PKG.parent)}:{line} imports {mod}")
+    assert not offenders, offenders
+
+
+def test_only_tests_import_the_conformance_suites() -> None:
+    """modelfs.testing needs pytest and hypothesis (test dependencies): nothing in modelfs uses it."""
+    offenders = [f"{path.relative_to(PKG.parent)}:{line}"
+                 for name, path, tree in ALL if layer(name) != "testing"
+                 for mod, line in imported_modules(name, tree) if layer(mod) == "testing"]
     assert not offenders, offenders

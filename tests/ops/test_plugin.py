@@ -1,11 +1,13 @@
 """The example plug-in package, really installed with pip, is found through entry points and
 used: its format parses .npy files, its update type and codec store a scaled tensor, its merge
-strategy merges. It runs in subprocesses, so this test process's registries stay as they are."""
+strategy merges, and its own tests pass modelfs's conformance suites (modelfs.testing) on its
+format and codec. It runs in subprocesses, so this test process's registries stay as they are."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -103,3 +105,14 @@ def test_store_written_with_a_plugin_codec_needs_the_plugin(plugin_path: Path, t
     assert r.returncode != 0 and "example-scale" in r.stderr and "plug-in" in r.stderr
 
 
+def test_the_plugin_passes_the_conformance_suites(plugin_path: Path) -> None:
+    """The plug-in's tests/ subclass FormatTests and CodecTests; run them where it is installed."""
+    tests = plugin_path.parent / "src" / "tests"
+    env = {k: v for k, v in os.environ.items() if k != "MODELFS_STORE"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugin_path), env.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "--noconftest", "-p", "no:cacheprovider",
+                        str(tests)], cwd=tests.parent, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", r.stdout)
+    assert passed and int(passed.group(1)) >= 10, r.stdout[-2000:]
+    assert "skipped" not in r.stdout
