@@ -14,6 +14,7 @@ import click
 
 from modelfs.errors import ModelfsError
 from modelfs.fs import control
+from modelfs.fs.config import MountConfig
 from modelfs.repo import Repo
 
 
@@ -26,15 +27,13 @@ def _check_store(store: Path) -> None:
 @click.argument("mountpoint", type=click.Path(path_type=Path))
 @click.option("-f", "--foreground", is_flag=True,
               help="Stay attached and log to stderr; Ctrl-C unmounts.")
-@click.option("--cache-mb", type=click.IntRange(min=16), default=512, show_default=True,
-              help="Memory for decoded chunks.")
+@click.option("--cache-mb", type=click.IntRange(min=16), default=MountConfig.cache_mb,
+              show_default=True, help=MountConfig.help("cache_mb"))
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for the mount to come up.")
-@click.option("--settle", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
-              help="Seconds a model's directory must be quiet (nothing open for writing) "
-                   "before what was written there commits as one version.")
-@click.option("--read-only", is_flag=True,
-              help="Serve every version read-only; allowed beside the store's writable mount.")
+@click.option("--settle", type=click.FloatRange(min=0.0), default=MountConfig.settle,
+              show_default=True, help=MountConfig.help("settle"))
+@click.option("--read-only", is_flag=True, help=MountConfig.help("read_only"))
 @click.pass_context
 def mount_command(ctx: click.Context, mountpoint: Path, foreground: bool, cache_mb: int,
                   timeout: float, settle: float, read_only: bool) -> None:
@@ -47,6 +46,7 @@ def mount_command(ctx: click.Context, mountpoint: Path, foreground: bool, cache_
     """
     store = Path(ctx.obj["store"]).absolute()
     mnt = mountpoint.absolute()
+    config = MountConfig(cache_mb=cache_mb, settle=settle, read_only=read_only)
     try:
         _check_store(store)
         control.check_mountpoint(mnt)
@@ -54,10 +54,9 @@ def mount_command(ctx: click.Context, mountpoint: Path, foreground: bool, cache_
             from modelfs.fs.daemon import serve
 
             logging.getLogger("modelfs.fs").setLevel(logging.INFO)
-            serve(store, mnt, cache_mb, settle=settle, read_only=read_only)
+            serve(store, mnt, config)
             return
-        pid = control.start_daemon(store, mnt, cache_mb, timeout=timeout, settle=settle,
-                                   read_only=read_only)
+        pid = control.start_daemon(store, mnt, config, timeout=timeout)
     except ModelfsError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"mounted {store} at {mnt} (daemon pid {pid}, log {control.log_path(store, mnt)})")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from modelfs import locks
 from modelfs.errors import ModelfsError
+from modelfs.fs.config import MountConfig
 from modelfs.repo.access import make_dir, open_private, store_access
 
 FSTYPE = "fuse.modelfs"
@@ -133,11 +134,9 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
-def daemon_command(store: Path, mountpoint: Path, cache_mb: int, settle: float = 1.0,
-                   read_only: bool = False) -> list[str]:
+def daemon_command(store: Path, mountpoint: Path, config: MountConfig) -> list[str]:
     return [sys.executable, "-m", "modelfs.fs.daemon", "--store", str(store),
-            "--cache-mb", str(cache_mb), "--settle", str(settle),
-            *(["--read-only"] if read_only else []), str(mountpoint)]
+            *config.to_argv(), str(mountpoint)]
 
 
 def wait_mounted(mountpoint: Path, proc: subprocess.Popen[bytes] | None, timeout: float,
@@ -165,11 +164,11 @@ def wait_mounted(mountpoint: Path, proc: subprocess.Popen[bytes] | None, timeout
         time.sleep(0.05)
 
 
-def start_daemon(store: Path, mountpoint: Path, cache_mb: int, timeout: float = 60.0,
-                 settle: float = 1.0, read_only: bool = False) -> int:
+def start_daemon(store: Path, mountpoint: Path, config: MountConfig, timeout: float = 60.0
+                 ) -> int:
     """Spawn a detached mount daemon and return its pid once the mount is ready."""
     mnt = check_mountpoint(mountpoint)
-    if not read_only:
+    if not config.read_only:
         check_store_free(store)
     log = log_path(store, mnt)
     access = store_access(store)  # logs name models and files: as private as the store
@@ -178,9 +177,8 @@ def start_daemon(store: Path, mountpoint: Path, cache_mb: int, timeout: float = 
         out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} mount {mnt}\n".encode())
         out.flush()
         proc = subprocess.Popen(
-            daemon_command(store, mnt, cache_mb, settle, read_only), stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, cwd="/",
+            daemon_command(store, mnt, config), stdin=subprocess.DEVNULL,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, cwd="/",
         )
     wait_mounted(mnt, proc, timeout, log)
     return proc.pid

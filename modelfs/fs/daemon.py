@@ -30,6 +30,7 @@ import trio
 from modelfs import locks
 from modelfs.errors import ModelfsError
 from modelfs.fs import control
+from modelfs.fs.config import MountConfig
 from modelfs.fs.draftsync import Recovery, plan_recovery
 from modelfs.fs.ops import Operations
 from modelfs.fs.staging import StagingArea
@@ -129,18 +130,18 @@ def _writer_lock(store: Path, mnt: Path) -> locks.ExclusiveLock:
         raise ModelfsError(f"cannot lock {store} for a writable mount: {e.strerror}") from None
 
 
-def serve(store: Path, mountpoint: Path, cache_mb: int = 512, grace: float = 30.0,
-          settle: float = 1.0, stage_delay: float = 0.0, read_only: bool = False) -> None:
+def serve(store: Path, mountpoint: Path, config: MountConfig | None = None) -> None:
     """Mount ``store`` at ``mountpoint`` and serve until unmounted or signalled."""
+    config = config or MountConfig()
     mnt = control.check_mountpoint(mountpoint)
     # every request is served by the one loop thread; while stage_file runs Python code in a
     # worker, the loop waits for the GIL up to this long per request (default 5 ms)
     sys.setswitchinterval(SWITCH_INTERVAL)
-    lock = None if read_only else _writer_lock(store, mnt)
-    repo = Repo.open(store, cache_bytes=cache_mb << 20)
+    lock = None if config.read_only else _writer_lock(store, mnt)
+    repo = Repo.open(store, cache_bytes=config.cache_mb << 20)
     staging: StagingArea | None = None
     try:
-        if not read_only:
+        if not config.read_only:
             try:
                 staging = StagingArea(store / "staging")
             except OSError as e:
@@ -150,16 +151,16 @@ def serve(store: Path, mountpoint: Path, cache_mb: int = 512, grace: float = 30.
         if recovery.removed:
             log.info("deleted %d staging files a previous mount never closed (never part of a "
                      "version)", len(recovery.removed))
-        ops = Operations(repo, store_label=str(store), staging=staging, settle=settle,
-                         stage_delay=stage_delay)
+        ops = Operations(repo, config, store_label=str(store), staging=staging)
         try:
             pyfuse3.init(ops, str(mnt), mount_options())
         except RuntimeError as e:
             raise ModelfsError(f"mounting {mnt} failed ({e}); see the messages above") from None
         log.info("mounted %s at %s (pid %d, cache %d MiB, settle %.1fs%s)", store, mnt,
-                 os.getpid(), cache_mb, settle, ", read-only" if read_only else "")
+                 os.getpid(), config.cache_mb, config.settle,
+                 ", read-only" if config.read_only else "")
         try:
-            trio.run(_run, ops, mnt, grace, recovery)
+            trio.run(_run, ops, mnt, config.grace, recovery)
         except BaseException:
             pyfuse3.close(unmount=True)
             raise
@@ -177,22 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m modelfs.fs.daemon",
                                  description="Serve a modelfs store as a FUSE mount.")
     ap.add_argument("--store", required=True, type=Path)
-    ap.add_argument("--cache-mb", type=int, default=512, help="decoded-chunk cache (MiB)")
-    ap.add_argument("--grace", type=float, default=30.0,
-                    help="seconds open files are served after SIGTERM/SIGINT")
-    ap.add_argument("--settle", type=float, default=1.0,
-                    help="seconds a model's directory must be quiet before it commits")
-    ap.add_argument("--read-only", action="store_true",
-                    help="serve every version read-only (works beside a writable mount)")
-    ap.add_argument("--stage-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    MountConfig.add_arguments(ap)
     ap.add_argument("--debug", action="store_true")
     ap.add_argument("mountpoint", type=Path)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        serve(args.store, args.mountpoint, args.cache_mb, args.grace, args.settle,
-              args.stage_delay, args.read_only)
+        serve(args.store, args.mountpoint, MountConfig.from_args(args))
     except ModelfsError as e:
         print(f"modelfs mount: error: {e}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modelfs.fs import control
+from modelfs.fs.config import MountConfig
 from modelfs.lineage import Version
 
 FUSE_MISSING = (
@@ -94,7 +95,7 @@ def start_mount(store: Path, mnt: Path, log: Path, cache_mb: int = 256,
     mnt.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [*control.daemon_command(store, mnt, cache_mb), *extra],
+            [*control.daemon_command(store, mnt, MountConfig(cache_mb=cache_mb)), *extra],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
         )
     try:

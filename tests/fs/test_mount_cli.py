@@ -16,6 +16,7 @@ from mounthelp import PY, FsLineage, reader, start_mount, wait_for
 
 from modelfs.cli.mount_cmds import mount_command, umount_command
 from modelfs.fs import control
+from modelfs.fs.config import MountConfig
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(120)]
 
@@ -85,7 +86,7 @@ def test_bad_mount_points_are_clear_errors(fs_lineage: FsLineage, tmp_path: Path
 
 def test_a_daemon_that_cannot_start_reports_its_log(fs_lineage: FsLineage, mnt: Path) -> None:
     # a mount point that is fine when checked but gone when the daemon starts
-    proc = subprocess.Popen([*control.daemon_command(fs_lineage.store, mnt / "gone", 64)],
+    proc = subprocess.Popen([*control.daemon_command(fs_lineage.store, mnt / "gone", MountConfig(cache_mb=64))],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1

@@ -1,0 +1,447 @@
+"""The mount's synchronous core: open handles, the life of a written file, what to do next.
+
+The pyfuse3/trio adapter (``ops.py``) owns only what needs trio: locks, events, worker
+threads and background tasks. Every decision is made here, on plain values, so it is
+tested without FUSE or an event loop (as borg's ``fuse.py`` sits on its ``vfs.py``):
+
+- the handle table, and the writer counts the commit rule reads (``Settler``);
+- how a read of a file being written is served (its staging file, or the stored file it
+  was opened from, before the copy-up);
+- what the last close of a written file does (``CloseAction``), and the bookkeeping once
+  it is recorded, stored, or dropped;
+- which models have settled, what a commit changed, what recovery and shutdown must do.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import itertools
+import json
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+from modelfs.fs.config import MountConfig
+from modelfs.fs.draftsync import Committed, Recovery, StoreOp, with_mode
+from modelfs.fs.headwrites import HeadWrites
+from modelfs.fs.nodes import Attr, FsError, Kind
+from modelfs.fs.readahead import ReadAhead
+from modelfs.fs.settle import Settler
+from modelfs.fs.staged import Staged
+from modelfs.fs.staging import StagingArea
+from modelfs.fs.tree import Tree
+from modelfs.repo import Draft, FileEntry, FileReader, Repo
+
+log = logging.getLogger("modelfs.fs")
+
+
+@dataclass
+class ReadStats:
+    """What the read and write paths did; published with the repo counters as a root xattr."""
+
+    reads: int = 0
+    read_bytes: int = 0
+    cached_reads: int = 0  # answered on the loop from decoded chunks
+    thread_reads: int = 0  # had to decode in a worker thread
+    prefetches: int = 0
+    prefetch_bytes: int = 0
+    errors: int = 0
+    writes: int = 0
+    write_bytes: int = 0
+    copy_ups: int = 0  # files copied to staging before their first write
+    files_recorded: int = 0  # closes made durable (record_staged)
+    files_stored: int = 0  # stage_file done
+    commits: int = 0
+
+
+@dataclass(slots=True)
+class OpenFile:
+    size: int
+    reader: FileReader | None = None  # a stored file
+    data: bytes = b""  # a generated file
+    ahead: ReadAhead | None = None
+    staged: Staged | None = None  # a file whose bytes are in a staging file
+    write: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BaseRead:
+    """A read of a file being written that its base must answer (it is not copied up yet)."""
+
+    base: FileEntry | Staged
+    offset: int
+    size: int  # bytes the base holds of the range
+    total: int  # the range's length: the rest reads as zeros
+
+
+class CloseAction(enum.Enum):
+    NONE = "none"  # other writers still have it open
+    DROP = "drop"  # a write or close failed: never kept
+    RECORD = "record"  # record it (durable), then store it
+
+
+class MountCore:
+    """modelfs as the mount sees it, without trio or pyfuse3 (see the module docstring)."""
+
+    def __init__(self, repo: Repo, config: MountConfig, staging: StagingArea | None = None,
+                 store_label: str = "") -> None:
+        self.repo = repo
+        self.config = config
+        self.drafts = repo.drafts()
+        self.staging = staging
+        self.store_label = store_label
+        self.tree = Tree(repo, root_xattrs=self.root_xattrs, head_xattrs=self.head_xattrs,
+                         staging=staging, refresh_interval=config.refresh_interval)
+        self.writes = HeadWrites(self.tree)
+        self.settler = Settler(config.settle)
+        self.stats = ReadStats()
+        self._fh = itertools.count(1)
+        self._open: dict[int, OpenFile] = {}
+        self._dirs: dict[int, tuple[int, list[tuple[bytes, Attr]]]] = {}
+        self._readers: OrderedDict[bytes, FileReader] = OrderedDict()
+
+    # ---- published state ----------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """Decode work (repo counters) and read/write-path work (this mount)."""
+        c = getattr(self.repo, "counters", None)
+        out = {k: int(getattr(c, k)) for k in ("chunks_decoded", "bytes_decoded", "cache_hits")
+               if hasattr(c, k)}
+        out.update(asdict(self.stats))
+        out["open_files"] = len(self._open)
+        out["inodes"] = self.tree.inode_count
+        return out
+
+    def root_xattrs(self) -> dict[str, bytes]:
+        return {
+            "user.modelfs.pid": str(os.getpid()).encode(),
+            "user.modelfs.store": self.store_label.encode(),
+            "user.modelfs.read_only": b"0" if self.staging is not None else b"1",
+            "user.modelfs.counters": json.dumps(self.counters(), sort_keys=True).encode(),
+        }
+
+    def head_xattrs(self, model: str) -> dict[str, bytes]:
+        if self.staging is None:
+            return {}
+        a = self.settler.of(model)
+        out = {"user.modelfs.draft": json.dumps(a.to_json(), sort_keys=True).encode()}
+        if a.errors:
+            out["user.modelfs.errors"] = ("\n".join(a.errors) + "\n").encode()
+        return out
+
+    def error(self, model: str, message: str) -> None:
+        """Failures nobody else sees (release errors are dropped): the log and an xattr."""
+        self.stats.errors += 1
+        log.error("%s: %s", model, message)
+        self.settler.error(model, message)
+
+    # ---- directories and activity ---------------------------------------------------------
+
+    def looked_at(self, ino: int) -> None:
+        """A lookup or listing in a head with a draft keeps its burst going (``Settler``)."""
+        model = self.tree.model_dir(ino)
+        if model and model in self.settler.models:
+            self.settler.touch(model, change=False)
+
+    def opendir(self, ino: int) -> int:
+        self.looked_at(ino)
+        # a snapshot, so offsets stay valid however the directory changes meanwhile
+        listing = [(os.fsencode(n), a) for n, a in self.tree.readdir(ino)]
+        fh = next(self._fh)
+        self._dirs[fh] = (ino, listing)
+        return fh
+
+    def listing(self, fh: int) -> list[tuple[bytes, Attr]]:
+        d = self._dirs.get(fh)
+        if d is None:
+            raise FsError(errno.EBADF)
+        return d[1]
+
+    def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    def dir_model(self, fh: int) -> str | None:
+        """The model whose head (or a directory in it) an open directory handle is in."""
+        d = self._dirs.get(fh)
+        if d is None or self.staging is None:
+            return None
+        return self.tree.model_dir(d[0])
+
+    # ---- handles ----------------------------------------------------------------------------
+
+    def add_handle(self, h: OpenFile) -> int:
+        fh = next(self._fh)
+        self._open[fh] = h
+        if h.staged is not None:
+            h.staged.refs += 1
+            if h.write:
+                h.staged.writers += 1
+                self.settler.of(h.staged.model).writers += 1
+        return fh
+
+    def handle(self, fh: int) -> OpenFile:
+        h = self._open.get(fh)
+        if h is None:
+            raise FsError(errno.EBADF)
+        return h
+
+    def write_handle(self, fh: int) -> Staged:
+        """The staging file a write handle writes; EBADF for any other handle."""
+        h = self._open.get(fh)
+        if h is None or h.staged is None or not h.write:
+            raise FsError(errno.EBADF)
+        return h.staged
+
+    def open_for_writing(self, inode: int) -> tuple[int, Staged]:
+        if not self.tree.is_writable(inode):
+            raise FsError(errno.EROFS)
+        st = self.writes.open_write(inode)
+        fh = self.add_handle(OpenFile(st.size, staged=st, write=True))
+        self.settler.touch(st.model)
+        return fh, st
+
+    def create(self, parent: int, name: str, mode: int) -> tuple[int, Attr]:
+        a, st = self.writes.create(parent, name, mode)
+        log.debug("create %s/%s", st.model, st.path)
+        fh = self.add_handle(OpenFile(0, staged=st, write=True))
+        self.settler.touch(st.model)
+        return fh, a
+
+    def open_for_reading(self, inode: int) -> OpenFile | FileEntry:
+        """A handle's state, or the stored file whose reader the adapter must open first."""
+        content = self.tree.content(inode)
+        if isinstance(content, bytes):
+            return OpenFile(len(content), data=content)
+        if isinstance(content, Staged):
+            return OpenFile(content.size, staged=content)
+        return content
+
+    def reader_handle(self, reader: FileReader) -> OpenFile:
+        c = self.config
+        return OpenFile(reader.size, reader=reader, ahead=ReadAhead(reader.size, c.window,
+                                                                    c.trigger))
+
+    def cached_reader(self, entry: FileEntry) -> FileReader | None:
+        """One reader per stored file, shared by its handles (it is thread-safe)."""
+        r = self._readers.get(entry.key)
+        if r is not None:
+            self._readers.move_to_end(entry.key)
+        return r
+
+    def keep_reader(self, entry: FileEntry, reader: FileReader) -> None:
+        self._readers[entry.key] = reader
+        while len(self._readers) > 256:
+            self._readers.popitem(last=False)
+
+    def release(self, fh: int) -> Staged | None:
+        """Forget a handle; the staged file whose last writer this was, if any."""
+        h = self._open.pop(fh, None)
+        if h is None or h.staged is None:
+            return None
+        st = h.staged
+        st.refs -= 1
+        if not h.write:
+            return None
+        st.writers -= 1
+        self.settler.of(st.model).writers -= 1
+        log.debug("release %s/%s (%d bytes, %d writers left)", st.model, st.path, st.size,
+                  st.writers)
+        self.settler.touch(st.model)
+        return st if st.writers == 0 else None
+
+    # ---- reads and writes -----------------------------------------------------------------
+
+    def read_staged(self, st: Staged, off: int, size: int) -> bytes | BaseRead:
+        """A staging file (page cache: on the loop), or what its base must answer."""
+        end = min(off + size, st.size)
+        if end <= off:
+            return b""
+        self.stats.reads += 1
+        self.stats.read_bytes += end - off
+        base = st.base
+        if base is None:
+            return st.pread(end - off, off)
+        have = min(end, st.keep, base.size)
+        if isinstance(base, Staged):
+            data = base.pread(have - off, off) if off < have else b""
+            return data + bytes(end - off - len(data))
+        return BaseRead(base, off, max(0, have - off), end - off)
+
+    def wrote(self, st: Staged, n: int) -> None:
+        self.stats.writes += 1
+        self.stats.write_bytes += n
+        self.settler.touch(st.model)
+
+    def write_failed(self, st: Staged, size: int, off: int, e: OSError) -> int:
+        self.error(st.model, f"{st.path}: write of {size} bytes at {off} failed "
+                   f"({e.strerror}); the file will not be kept")
+        return st.broken or errno.EIO
+
+    def truncate_target(self, inode: int, fh: int | None) -> tuple[Staged, int | None]:
+        """The staging file a truncate changes, and a handle opened for it (truncate by path)."""
+        n = self.tree.node(inode)
+        if n.kind is not Kind.FILE:
+            raise FsError(errno.EISDIR)
+        h = self._open.get(fh) if fh is not None else None
+        if h is not None and h.write and h.staged is not None and not h.staged.frozen:
+            return h.staged, None
+        st = self.writes.open_write(inode)
+        return st, self.add_handle(OpenFile(st.size, staged=st, write=True))
+
+    # ---- closing ----------------------------------------------------------------------------
+
+    def flush_needs_record(self, fh: int) -> Staged | None:
+        """close(2) records the file (durable before close returns) unless others write it."""
+        h = self._open.get(fh)
+        if h is None or not h.write or h.staged is None:
+            return None
+        st = h.staged
+        if st.broken:
+            raise FsError(st.broken)
+        return st if st.writers <= 1 else None
+
+    @staticmethod
+    def needs_record(st: Staged) -> bool:
+        return st.changed and st.present and not st.broken
+
+    def last_close(self, st: Staged) -> CloseAction:
+        """The last writer closed: keep the file (record, then store it), or drop it."""
+        if st.broken:
+            return CloseAction.DROP
+        if st.gen == 0:  # opened for writing, never changed
+            self.writes.revert(st)
+            st.file.unlink(missing_ok=True)
+            return CloseAction.NONE
+        if not st.present and st.recorded_gen == 0:  # removed before it was ever closed
+            st.file.unlink(missing_ok=True)
+            return CloseAction.NONE
+        return CloseAction.RECORD
+
+    def recorded(self, st: Staged, gen: int) -> bool:
+        """The close is durable; whether a hold on this path is released by it."""
+        st.recorded_gen = gen
+        self.stats.files_recorded += 1
+        self.settler.touch(st.model, dirty=True)
+        return self.settler.of(st.model).held.pop(st.path, None) is not None
+
+    def start_storing(self, st: Staged) -> None:
+        st.freeze()
+        self.settler.of(st.model).storing += 1
+
+    def drop(self, st: Staged, why: str) -> None:
+        """A file whose save failed: not kept, and its burst held back (never half a save)."""
+        self.error(st.model, why)
+        self.writes.revert(st)
+        # a pending pointer to it (from an earlier close) is dropped by the next commit
+        st.file.unlink(missing_ok=True)
+        self.settler.of(st.model).held[st.path] = why
+
+    def stored(self, st: Staged, path: str, entry: FileEntry, seconds: float) -> StoreOp | None:
+        """The staging file is stored; the mode change it may have missed, as a store op."""
+        self.stats.files_stored += 1
+        log.info("stored %s/%s: %s, %d bytes, %.2fs", st.model, path, entry.format, entry.size,
+                 seconds)
+        if self.writes.stored(st, entry) and entry.mode != st.mode:
+            return StoreOp("entry", st.model, st.path, entry=with_mode(entry, st.mode))
+        return None
+
+    def store_finished(self, st: Staged) -> None:
+        self.settler.of(st.model).storing -= 1  # not a change: the settle clock runs on
+
+    # ---- model operations and commits -------------------------------------------------------
+
+    def begin_model_op(self, model: str) -> None:
+        """A store operation of ``model`` starts: refreshes leave its head alone meanwhile."""
+        head = self.tree.head(model)
+        if head is not None:
+            head.busy += 1
+
+    def end_model_op(self, model: str) -> None:
+        head = self.tree.loaded_heads().get(model)
+        if head is not None:
+            head.busy -= 1
+            self.tree.settle(model)
+
+    def may_commit(self, model: str, force: bool) -> bool:
+        """Under the model's lock, with nothing being stored: whether to commit now."""
+        a = self.settler.of(model)
+        if not (a.dirty or force):
+            return False
+        if a.held:
+            log.warning("%s: not committed: a save into it failed; `modelfs commit %s "
+                        "--force` or `modelfs discard %s`", model, model, model)
+            return False
+        return True
+
+    def committed(self, model: str, res: Committed, why: str) -> None:
+        self.settler.committed(model)
+        self.tree.committed(model, res.version)
+        if res.version is not None:
+            self.stats.commits += 1
+            v = res.version
+            log.info("committed %s (%s) [%s]: %d files changed in %.3fs: %s", v.ref, v.id, why,
+                     len(res.changed), res.seconds, ", ".join(res.changed[:20])
+                     + (" ..." if len(res.changed) > 20 else ""))
+        elif res.changed:
+            log.info("%s: %d pending changes left the files as they were; no new version [%s]",
+                     model, len(res.changed), why)
+
+    def commit_failed(self, model: str, why: str, e: Exception) -> None:
+        wait = self.settler.failed(model)
+        self.error(model, f"commit failed ({why}): {e}; retrying in {wait:.0f}s")
+
+    def held_models(self) -> list[str]:
+        return [m for m, a in self.settler.models.items() if a.held]
+
+    def hold_resolved(self, model: str, draft: Draft | None) -> bool:
+        """Whether a held draft was committed or discarded from the CLI (then follow it)."""
+        if draft is not None and draft.held:
+            return False
+        log.info("%s: its held draft was committed or discarded from the CLI", model)
+        a = self.settler.of(model)
+        a.held.clear()
+        a.dirty = draft is not None and draft.pending_files
+        self.tree.resync(model)
+        return True
+
+    # ---- start and end ----------------------------------------------------------------------
+
+    def recover(self, plan: Recovery) -> list[Staged]:
+        """The closed files a killed daemon left, to store; marks their drafts to commit.
+
+        Held drafts (a save into them failed) are stored but wait for the user.
+        """
+        out: list[Staged] = []
+        for model, held in plan.held.items():
+            self.settler.of(model).held.update(held)
+            log.warning("%s: draft held since a save into it failed (%s); `modelfs commit %s "
+                        "--force` or `modelfs discard %s`", model, "; ".join(held.values()),
+                        model, model)
+        for model in sorted(set(plan.commit) | set(plan.dead)):
+            head = self.tree.head(model)
+            a = self.settler.of(model)
+            a.dirty = True
+            a.urgent = model in plan.commit
+            dead = set(plan.dead.get(model, ()))
+            for st in head.staged() if head else []:
+                if st.recovered and st.file in dead:
+                    a.storing += 1
+                    out.append(st)
+            log.info("%s: recovering a draft left by an earlier mount (%d closed files to store)",
+                     model, len(dead))
+        return out
+
+    def abandon_open_files(self) -> None:
+        """At exit: files still open for writing and never closed are not kept."""
+        for head in list(self.tree.loaded_heads().values()):
+            for st in head.staged():
+                if not st.frozen and st.writers and not st.recorded_gen:
+                    log.warning("%s/%s: still open for writing at exit; not kept",
+                                st.model, st.path)
+                    st.file.unlink(missing_ok=True)
+
+    def dirty_models(self) -> Iterable[str]:
+        return [m for m, a in sorted(self.settler.models.items()) if a.dirty]
