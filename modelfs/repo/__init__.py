@@ -1,10 +1,19 @@
-"""The repository facade: the only API front ends (cli, fs, ops, remote) use."""
+"""The repository facade: the only API front ends (cli, fs, ops, remote) use.
+
+Everything another layer needs is named here, so none of them imports a module inside
+``modelfs.repo`` (whose layout may change) or reaches through the facade's attributes.
+"""
 
 from modelfs.lineage import FileEntry, ModelInfo, Version
 from modelfs.repo.chunks import Counters
-from modelfs.repo.drafts import Draft
-from modelfs.repo.files import FileReader
-from modelfs.repo.importer import StoreSettings
+from modelfs.repo.drafts import STAGING_LOCK, Draft, Drafts, staging_owner_alive
+from modelfs.repo.files import FileReader, FileRecord, StoredInline, StoredPart, StoredTensor
+from modelfs.repo.importer import ChunkHints, Progress, StoreSettings, mapped
+from modelfs.repo.maintenance import FsckReport, Maintenance
 from modelfs.repo.repo import Repo
+from modelfs.repo.sources import source_files
 
-__all__ = ["Counters", "Draft", "FileEntry", "FileReader", "ModelInfo", "Repo", "StoreSettings", "Version"]
+__all__ = ["STAGING_LOCK", "ChunkHints", "Counters", "Draft", "Drafts", "FileEntry", "FileReader",
+           "FileRecord", "FsckReport", "Maintenance", "ModelInfo", "Progress", "Repo", "StoreSettings",
+           "StoredInline", "StoredPart", "StoredTensor", "Version", "mapped", "source_files",
+           "staging_owner_alive"]

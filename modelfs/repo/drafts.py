@@ -24,21 +24,22 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from modelfs import locks
 from modelfs.errors import Conflict, NotFound
-from modelfs.lineage import FileEntry, Version
+from modelfs.lineage import FileEntry, LineageGraph, Version
 from modelfs.names import check_file_path, check_model_name
-from modelfs.repo.importer import Importer
-from modelfs.store import ReadTxn
-
-if TYPE_CHECKING:
-    from modelfs.repo.repo import Repo
+from modelfs.repo.chunks import ChunkCache
+from modelfs.repo.importer import Importer, StoreSettings
+from modelfs.repo.parents import Parents
+from modelfs.repo.recording import Recorder
+from modelfs.repo.writelock import WriterLock
+from modelfs.store import ReadTxn, Store
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ def staging_owner_alive(staging: Path) -> bool:
 
 @dataclass
 class Draft:
+    """A model's pending changes as read from the store (a snapshot: changing it stores nothing)."""
+
     model: str
     derived_from: tuple[str, ...] = ()
     how: str | None = None
@@ -79,11 +82,26 @@ class Draft:
 
 
 class Drafts:
-    def __init__(self, repo: Repo) -> None:
-        self.repo = repo
+    """Every model's draft: staging closed files, recovering them, committing them as versions.
+
+    Built by the facade with the collaborators it shares with imports (the writer lock,
+    version recording, parent lookup), so a draft commits exactly as an import does.
+    """
+
+    def __init__(self, *, store: Store, graph: LineageGraph, cache: ChunkCache, settings: StoreSettings,
+                 lock: WriterLock, recorder: Recorder, parents: Parents,
+                 resolve: Callable[[str], Version]) -> None:
+        self._store = store
+        self._graph = graph
+        self._cache = cache
+        self._settings = settings
+        self._lock = lock
+        self._recorder = recorder
+        self._parents = parents
+        self._resolve = resolve
 
     # -- reading ---------------------------------------------------------------------------
-    def _draft(self, txn: ReadTxn, model: str) -> Draft | None:
+    def _read(self, txn: ReadTxn, model: str) -> Draft | None:
         meta = txn.get("pending", _meta_key(model))
         prefix = model.encode() + b"\0f\0"
         changes: dict[str, FileEntry | None] = {}
@@ -102,26 +120,35 @@ class Drafts:
                      changes, staged, dict(m.get("held", {})))
 
     def get(self, model: str) -> Draft | None:
-        with self.repo.store.read() as txn:
-            return self._draft(txn, model)
+        with self._store.read() as txn:
+            return self._read(txn, model)
 
     def models(self) -> list[str]:
         """Models with a draft (pending changes or a derive not yet committed)."""
-        names: set[str] = set()
-        with self.repo.store.read() as txn:
-            for k in txn.keys("pending"):
-                names.add(k.split(b"\0", 1)[0].decode())
-        return sorted(names)
+        with self._store.read() as txn:
+            return self._models(txn)
+
+    @staticmethod
+    def _models(txn: ReadTxn) -> list[str]:
+        return sorted({k.split(b"\0", 1)[0].decode() for k in txn.keys("pending")})
+
+    def manifests(self, txn: ReadTxn) -> list[tuple[str, dict[str, FileEntry]]]:
+        """(label, stored files) of every draft: what gc must keep and fsck must check."""
+        out = []
+        for m in self._models(txn):
+            draft = self._read(txn, m)
+            out.append((f"draft {m}", {p: e for p, e in (draft.changes if draft else {}).items() if e}))
+        return out
 
     def view(self, model: str) -> dict[str, FileEntry]:
         """The files the model's directory shows now: its head (or derive parent) plus the draft."""
-        with self.repo.store.read() as txn:
+        with self._store.read() as txn:
             return self._view(txn, model)
 
     def _view(self, txn: ReadTxn, model: str) -> dict[str, FileEntry]:
-        graph = self.repo.graph
+        graph = self._graph
         info = graph.model(txn, model)
-        draft = self._draft(txn, model)
+        draft = self._read(txn, model)
         files: dict[str, FileEntry] = {}
         if info is not None and info.head:
             files.update(graph.version(txn, info.head).files)
@@ -139,22 +166,22 @@ class Drafts:
     def derive(self, parent_ref: str, model: str, how: str = "derive") -> Version:
         """Start a new model from a parent; its directory shows the parent's files at once."""
         check_model_name(model)
-        parent = self.repo.resolve(parent_ref)
-        with self.repo.store.write() as txn:
-            if self.repo.graph.model(txn, model) is not None or txn.get("pending", _meta_key(model)):
+        parent = self._resolve(parent_ref)
+        with self._store.write() as txn:
+            if self._graph.model(txn, model) is not None or txn.get("pending", _meta_key(model)):
                 raise Conflict(f"model {model!r} already exists")
             txn.put("pending", _meta_key(model), json.dumps(
                 {"derived_from": [parent.id], "how": how}).encode())
         return parent
 
     def _bases(self, model: str, path: str, src: Path) -> tuple[list[Version], Draft | None]:
-        with self.repo.store.read() as txn:
-            info = self.repo.graph.model(txn, model)
-            draft = self._draft(txn, model)
+        with self._store.read() as txn:
+            info = self._graph.model(txn, model)
+            draft = self._read(txn, model)
             if info is not None and info.head:
-                return [self.repo.graph.version(txn, info.head)], draft
+                return [self._graph.version(txn, info.head)], draft
             if draft is not None and draft.derived_from:
-                return [self.repo.graph.version(txn, v) for v in draft.derived_from], draft
+                return [self._graph.version(txn, v) for v in draft.derived_from], draft
         return [], draft
 
     def stage_file(self, model: str, path: str, src: Path, expect_staged: Path | None = None) -> FileEntry:
@@ -166,7 +193,7 @@ class Drafts:
         """
         check_model_name(model)
         check_file_path(path)
-        with self.repo._writer_lock():
+        with self._lock.hold():
             entry = self._stage_file(model, path, src, expect_staged)
         if expect_staged is not None:
             expect_staged.unlink(missing_ok=True)
@@ -176,17 +203,17 @@ class Drafts:
         bases, draft = self._bases(model, path, src)
         inferred: Version | None = None
         if not bases:
-            inferred = self.repo.infer_parent({path: src})
+            inferred = self._parents.infer({path: src})
             bases = [inferred] if inferred else []
-        importer = Importer(self.repo.store, self.repo.cache, self.repo.settings)
+        importer = Importer(self._store, self._cache, self._settings)
         try:
             with ThreadPoolExecutor(max_workers=importer.workers) as pool:
-                entry, rec = importer.store_file(path, src, self.repo._parent_tensors(bases), pool)
+                entry, rec = importer.store_file(path, src, self._parents.tensors(bases), pool)
         finally:
             importer.close()
         for w in importer.warnings:
             log.warning("%s: %s", model, w)
-        with self.repo.store.write() as txn:
+        with self._store.write() as txn:
             txn.put("files", rec.key, rec.to_bytes(), overwrite=False)
             if expect_staged is not None:
                 # the pointer may have moved (rename) while we stored: follow it, whatever its path
@@ -204,7 +231,7 @@ class Drafts:
         return entry
 
     def stage_remove(self, model: str, path: str) -> None:
-        with self.repo.store.write() as txn:
+        with self._store.write() as txn:
             raw = txn.get("pending", _file_key(model, path))
             staged = raw is not None and b'"staged"' in raw  # closed, not stored yet
             if path not in self._view(txn, model) and not staged:
@@ -217,7 +244,7 @@ class Drafts:
     def stage_rename(self, model: str, old: str, new: str) -> None:
         """Move a file within a model's draft; no data is copied or re-encoded."""
         check_file_path(new)
-        with self.repo.store.write() as txn:
+        with self._store.write() as txn:
             raw = txn.get("pending", _file_key(model, old))
             if raw is not None and b'"staged"' in raw:
                 value = raw
@@ -250,7 +277,7 @@ class Drafts:
         """Make a closed, fsync'd staging file durable as a pending change (cheap: no encoding)."""
         check_model_name(model)
         check_file_path(path)
-        with self.repo.store.write() as txn:
+        with self._store.write() as txn:
             txn.put("pending", _file_key(model, path), _staged_marker(staging))
 
     def recover(self, model: str | None = None, own: Path | None = None) -> list[str]:
@@ -277,7 +304,7 @@ class Drafts:
 
     def _drop_pointer(self, model: str, path: str, staging: Path) -> None:
         """A pointer whose staging file is gone: drop it, unless someone stored it meanwhile."""
-        with self.repo.store.write() as txn:
+        with self._store.write() as txn:
             if txn.get("pending", _file_key(model, path)) != _staged_marker(staging):
                 return  # stored (or moved) by another process: its record stands
             log.error("%s/%s: staging file %s is gone; dropping the change", model, path, staging)
@@ -285,7 +312,7 @@ class Drafts:
 
     def hold(self, model: str, path: str, why: str) -> None:
         """A save into ``model`` failed: its draft must not commit until the user says so."""
-        with self.repo.store.write() as txn:
+        with self._store.write() as txn:
             raw = txn.get("pending", _meta_key(model))
             m = json.loads(raw) if raw else {}
             m.setdefault("held", {})[path] = why
@@ -293,7 +320,7 @@ class Drafts:
 
     def release_hold(self, model: str, path: str) -> None:
         """``path`` was saved whole after all: it no longer holds the draft back."""
-        with self.repo.store.write() as txn:
+        with self._store.write() as txn:
             raw = txn.get("pending", _meta_key(model))
             m = json.loads(raw) if raw else {}
             if path not in m.get("held", {}):
@@ -309,7 +336,7 @@ class Drafts:
     def stage_entry(self, model: str, path: str, entry: FileEntry) -> None:
         """Record an already stored file (e.g. a chmod or a copy of a file of another version)."""
         check_file_path(path)
-        with self.repo.store.write() as txn:
+        with self._store.write() as txn:
             if txn.get("files", entry.key) is None:
                 raise NotFound(f"file {entry.blake3_hex} is not in the store")
             txn.put("pending", _file_key(model, path), json.dumps(entry.to_json()).encode())
@@ -317,8 +344,8 @@ class Drafts:
     def discard(self, model: str) -> list[str]:
         """Drop the model's draft; staging files of dead mounts go with it. Returns the paths."""
         gone: list[Path] = []
-        with self.repo.store.write() as txn:
-            draft = self._draft(txn, model)
+        with self._store.write() as txn:
+            draft = self._read(txn, model)
             if draft is None:
                 return []
             for k in list(txn.keys("pending", model.encode() + b"\0")):
@@ -337,10 +364,9 @@ class Drafts:
         A held draft (a save into it failed) commits only with ``force``, which also commits
         around files still being stored: those stay pending for the next version.
         """
-        repo = self.repo
         self.recover(model, own=own)
-        with repo.store.write() as txn:
-            draft = self._draft(txn, model)
+        with self._store.write() as txn:
+            draft = self._read(txn, model)
             if draft is None:
                 return None
             if draft.held and not force:
@@ -350,9 +376,9 @@ class Drafts:
                                f"`modelfs discard {model}` drops it")
             if draft.staged and not force:
                 raise Conflict(f"{model}: files are still being stored; commit again in a moment")
-            info = repo.graph.model(txn, model)
+            info = self._graph.model(txn, model)
             files = self._view(txn, model)
-            head_files = dict(repo.graph.version(txn, info.head).files) if info and info.head else None
+            head_files = dict(self._graph.version(txn, info.head).files) if info and info.head else None
             keep = {_file_key(model, p) for p in draft.staged}
             for k in list(txn.keys("pending", model.encode() + b"\0")):
                 if k not in keep:
@@ -367,9 +393,9 @@ class Drafts:
                     raise NotFound(f"pending file {path} ({e.blake3_hex}) is missing from the store")
             prov = dict(provenance or {})
             if draft.inferred and derived:
-                prov["inferred_parent"] = repo.graph.version(txn, derived[0]).ref
+                prov["inferred_parent"] = self._graph.version(txn, derived[0]).ref
             if how is None:
                 how = draft.how if head_files is None else "snapshot"
-            v = repo._record_version_in(txn, model, files, [], derived, how, message, prov)
+            v = self._recorder.record_in(txn, model, files, [], derived, how, message, prov)
         log.info("committed %s (%s) from %d pending changes", v.ref, v.id, len(draft.changes))
         return v

@@ -6,10 +6,14 @@ import bisect
 import json
 import struct
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from modelfs.dtypes import DTYPES, DType
+from modelfs.errors import NotFound
+from modelfs.lineage import FileEntry
 from modelfs.repo.chunks import ChunkCache
+from modelfs.store import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,10 @@ class FileRecord:
 
     def tensors(self) -> Iterator[StoredTensor]:
         return (p for p in self.parts if isinstance(p, StoredTensor))
+
+    def chunk_keys(self) -> set[bytes]:
+        """The chunks its tensors list (not their delta bases)."""
+        return {k for t in self.tensors() for k in t.chunks}
 
     def to_bytes(self) -> bytes:
         meta: list[dict[str, object]] = []
@@ -170,3 +178,53 @@ class FileReader:
             else:
                 for k in p.chunks:
                     yield k, b""
+
+
+class Files:
+    """Stored files by key: their records, and their bytes through the shared chunk cache.
+
+    The facade, maintenance and the ops all read files this one way.
+    """
+
+    def __init__(self, store: Store, cache: ChunkCache) -> None:
+        self._store = store
+        self._cache = cache
+
+    def record(self, entry: FileEntry | bytes) -> FileRecord:
+        key = entry.key if isinstance(entry, FileEntry) else entry
+        with self._store.read() as txn:
+            raw = txn.get("files", key)
+        if raw is None:
+            raise NotFound(f"file record {key.hex()} is missing from the store")
+        return FileRecord.from_bytes(raw)
+
+    def reader(self, record: FileRecord) -> FileReader:
+        return FileReader(record, self._cache)
+
+    def open(self, entry: FileEntry) -> FileReader:
+        return self.reader(self.record(entry))
+
+    def iterate(self, entry: FileEntry, pool: ThreadPoolExecutor | None = None,
+                window: int = 8) -> Iterator[bytes]:
+        """The file's bytes in order, decoding up to `window` chunks ahead in `pool`."""
+        pieces = list(self.open(entry).pieces())
+        cache = self._cache
+        if pool is None:
+            for key, data in pieces:
+                yield data if key is None else cache.get(key)
+            return
+        futs: list[bytes | Future[bytes]] = []
+        idx = 0
+
+        def submit_upto(n: int) -> None:
+            nonlocal idx
+            while idx < len(pieces) and len(futs) < n:
+                key, data = pieces[idx]
+                futs.append(data if key is None else pool.submit(cache.get, key))
+                idx += 1
+
+        submit_upto(window)
+        while futs:
+            f = futs.pop(0)
+            submit_upto(window)
+            yield f if isinstance(f, bytes) else f.result()

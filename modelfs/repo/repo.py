@@ -4,52 +4,44 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
-import time
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import blake3
 
 from modelfs.errors import Conflict, InvalidName, ModelfsError, NotFound, StoreReadOnly
-from modelfs.formats import TensorPart, parse_file
 from modelfs.lineage import FileEntry, LineageGraph, ModelInfo, Version
 from modelfs.names import check_file_path, check_model_name
 from modelfs.repo.access import prepare_store, seal_store
 from modelfs.repo.chunks import ChunkCache, Counters
-from modelfs.repo.files import FileReader, FileRecord
-from modelfs.repo.importer import (
-    ChunkHints,
-    Importer,
-    ParentTensors,
-    Progress,
-    StoreSettings,
-    chunk_keys_of,
-    mapped,
-)
+from modelfs.repo.drafts import Drafts
+from modelfs.repo.files import FileReader, FileRecord, Files
+from modelfs.repo.importer import ChunkHints, Importer, Progress, StoreSettings
+from modelfs.repo.maintenance import Maintenance
+from modelfs.repo.parents import Parents
+from modelfs.repo.reachability import chunk_keys
+from modelfs.repo.recording import Recorder, data_version
 from modelfs.repo.sources import source_files
-from modelfs.store import LmdbStore, ReadTxn, Store, WriteTxn
+from modelfs.repo.writelock import WriterLock
+from modelfs.store import LmdbStore, ReadTxn, Store
 
 log = logging.getLogger(__name__)
 
 _SETTINGS_KEY = b"settings"
-_DATA_VERSION_KEY = b"data_version"
-
-
-def tensor_signature(name: str, dtype: str, shape: tuple[int, ...]) -> bytes:
-    """Index key of a tensor for parent inference; dtype "*" is the cast-blind form."""
-    return blake3.blake3(f"{name}\0{dtype}\0{list(shape)}".encode()).digest()[:16]
 
 
 class Repo:
-    """A store of models and versions; safe to use from several threads (reads) and processes."""
+    """A store of models and versions; safe to use from several threads (reads) and processes.
+
+    Composed as dulwich's `Repo` is of an object store and refs: the writer lock, version
+    recording, parent lookup and file reading are objects of their own, built here once and
+    handed to `Drafts` and `Maintenance`, which never see the facade.
+    """
 
     def __init__(self, store: Store, path: Path | None = None, cache_bytes: int = 512 << 20) -> None:
         self.store = store
@@ -62,6 +54,15 @@ class Repo:
         self.counters = Counters()
         self.cache = ChunkCache(store, cache_bytes, self.counters)
         self.graph = LineageGraph()
+        self._files = Files(store, self.cache)
+        self._lock = WriterLock(store, path)
+        self._recorder = Recorder(store, self.graph)
+        self._parents = Parents(store, self.graph, self._files, self.settings)
+        self._drafts = Drafts(store=store, graph=self.graph, cache=self.cache, settings=self.settings,
+                              lock=self._lock, recorder=self._recorder, parents=self._parents,
+                              resolve=self.resolve)
+        self._maintenance = Maintenance(store=store, graph=self.graph, cache=self.cache, files=self._files,
+                                        drafts=self._drafts, lock=self._lock)
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -164,45 +165,23 @@ class Repo:
     def data_version(self) -> int:
         """Changes whenever a version commits, so long-lived views know to refresh."""
         with self.store.read() as txn:
-            raw = txn.get("meta", _DATA_VERSION_KEY)
-        return int(raw) if raw else 0
+            return data_version(txn)
 
     # -- reading ---------------------------------------------------------------------------
     def file_record(self, entry: FileEntry | bytes) -> FileRecord:
-        key = entry.key if isinstance(entry, FileEntry) else entry
-        with self.store.read() as txn:
-            raw = txn.get("files", key)
-        if raw is None:
-            raise NotFound(f"file record {key.hex()} is missing from the store")
-        return FileRecord.from_bytes(raw)
+        return self._files.record(entry)
 
     def open_file(self, entry: FileEntry) -> FileReader:
-        return FileReader(self.file_record(entry), self.cache)
+        return self._files.open(entry)
+
+    def reader(self, record: FileRecord) -> FileReader:
+        """Ranged reads of a file record already in hand (diff, merge, update detection)."""
+        return self._files.reader(record)
 
     def iter_file(self, entry: FileEntry, pool: ThreadPoolExecutor | None = None,
                   window: int = 8) -> Iterator[bytes]:
         """The file's bytes in order, decoding chunks ahead in a pool (export, fsck, diff)."""
-        reader = self.open_file(entry)
-        pieces = list(reader.pieces())
-        if pool is None:
-            for key, data in pieces:
-                yield data if key is None else self.cache.get(key)
-            return
-        futs: list[Any] = []
-        idx = 0
-
-        def submit_upto(n: int) -> None:
-            nonlocal idx
-            while idx < len(pieces) and len(futs) < n:
-                key, data = pieces[idx]
-                futs.append(data if key is None else pool.submit(self.cache.get, key))
-                idx += 1
-
-        submit_upto(window)
-        while futs:
-            f = futs.pop(0)
-            submit_upto(window)
-            yield f if isinstance(f, bytes) else f.result()
+        return self._files.iterate(entry, pool, window)
 
     def export(self, ref: str, dest: str | os.PathLike[str], progress: Progress | None = None) -> Version:
         """Write a version's files into `dest` (new or empty), each checked against its blake3."""
@@ -228,30 +207,6 @@ class Repo:
         return v
 
     # -- writing ---------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _writer_lock(self, exclusive: bool = False) -> Iterator[None]:
-        """Imports share the lock; gc takes it alone so it never frees a chunk being written."""
-        if self.store.readonly:  # before the lock file, which a read-only disk cannot create
-            raise StoreReadOnly(f"store {self.path} is read-only: nothing was changed")
-        if self.path is None:
-            yield
-            return
-        with open(self.path / "lock", "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-    def _parent_tensors(self, versions: list[Version]) -> list[ParentTensors]:
-        out = []
-        for v in versions:
-            pt = ParentTensors()
-            for path, entry in v.files.items():
-                pt.add(path, self.file_record(entry))
-            out.append(pt)
-        return out
-
     def import_dir(self, src: str | os.PathLike[str], model: str, parents: list[str] | None = None,
                    how: str | None = None, message: str = "", provenance: Mapping[str, Any] | None = None,
                    infer_parent: bool = True, progress: Progress | None = None,
@@ -281,7 +236,7 @@ class Repo:
         for p in files:
             check_file_path(p)
         derived = [self.resolve(p) for p in (parents or [])]
-        with self._writer_lock():
+        with self._lock.hold():
             head = None
             with self.store.read() as txn:
                 info = self.graph.model(txn, model)
@@ -298,7 +253,7 @@ class Repo:
                 if inferred is not None:
                     derived = [inferred]
                     base_versions = [inferred]
-            parent_tensors = self._parent_tensors(base_versions)
+            parent_tensors = self._parents.tensors(base_versions)
             entries: dict[str, FileEntry] = dict(keep or {})
             records: list[FileRecord] = []
             try:
@@ -314,96 +269,20 @@ class Repo:
                 prov["inferred_parent"] = inferred.ref
             if importer.warnings:
                 prov["warnings"] = importer.warnings
-            v = self._record_version(model, entries, records, [d.id for d in derived], how, message, prov)
+            v = self._recorder.record(model, entries, records, [d.id for d in derived], how, message, prov)
         self.last_import_warnings = importer.warnings
         self.last_inferred_parent = inferred
         return v
 
-    def _record_version(self, model: str, entries: Mapping[str, FileEntry], records: list[FileRecord],
-                        derived: list[str], how: str | None, message: str,
-                        provenance: Mapping[str, Any]) -> Version:
-        with self.store.write() as txn:
-            v = self._record_version_in(txn, model, entries, records, derived, how, message, provenance)
-        log.info("committed %s (%s)", v.ref, v.id)
-        return v
-
-    def _record_version_in(self, txn: WriteTxn, model: str, entries: Mapping[str, FileEntry],
-                           records: list[FileRecord], derived: list[str], how: str | None,
-                           message: str, provenance: Mapping[str, Any]) -> Version:
-        """Write a version, its file records, its index entries and the new head, in `txn`."""
-        info = self.graph.model(txn, model)
-        number = (info.count if info else 0) + 1
-        previous = info.head if info else None
-        now = time.time()
-        ident = blake3.blake3(json.dumps(
-            [model, number, previous, derived, now, message, how,
-             {p: e.key.hex() for p, e in sorted(entries.items())}]).encode()).hexdigest()[:20]
-        v = Version(ident, model, number, previous, tuple(dict.fromkeys(derived)), how, message, now,
-                    MappingProxyType(dict(entries)), MappingProxyType(dict(provenance)))
-        for rec in records:
-            txn.put("files", rec.key, rec.to_bytes(), overwrite=False)
-        self._index_signatures(txn, v, records)
-        self.graph.add_version(txn, v)
-        raw = txn.get("meta", _DATA_VERSION_KEY)
-        txn.put("meta", _DATA_VERSION_KEY, str((int(raw) if raw else 0) + 1).encode())
-        return v
-
-    def _index_signatures(self, txn: WriteTxn, v: Version, records: list[FileRecord]) -> None:
-        recs = {r.key: r for r in records}
-        for entry in v.files.values():
-            rec = recs.get(entry.key) or FileRecord.from_bytes(txn.get("files", entry.key) or b"")
-            for t in rec.tensors():
-                if t.name:
-                    for dt in (t.dtype.name, "*"):
-                        txn.put("tsig", tensor_signature(t.name, dt, t.shape) + v.id.encode(), b"")
-
     # -- parent inference --------------------------------------------------------------------
     def infer_parent(self, files: Mapping[str, Path]) -> Version | None:
-        """The version sharing the most tensors by name, dtype and shape (by name and shape
-        alone when none matches, so a cast child finds its parent); ties go to the version
-        sharing the most identical chunks (the smallest delta), then to the newest.
+        """The version sharing the most tensors with `files` (see `Parents.infer`), or None."""
+        return self._parents.infer(files)
 
-        Uses the signature index and chunk hashes: nothing is decoded, and of other versions
-        only the file records of tied candidates are read.
-        """
-        tensors: list[TensorPart] = []
-        for path, src in files.items():
-            with mapped(src) as mv:
-                layout, _ = parse_file(path, mv)
-            tensors += [t for t in layout.parts if isinstance(t, TensorPart) and t.name]
-        if not tensors:
-            return None
+    def chunk_keys(self, *versions: Version) -> set[bytes]:
+        """The chunk keys the files of these versions list (what a diff or a size compares)."""
         with self.store.read() as txn:
-            for exact in (True, False):
-                counts: Counter[str] = Counter()
-                sigs = {tensor_signature(t.name, t.dtype.name if exact else "*", t.shape) for t in tensors}
-                for s in sigs:
-                    for k in txn.keys("tsig", s):
-                        counts[k[16:].decode()] += 1
-                if counts:
-                    break
-            if not counts:
-                return None
-            top = max(counts.values())
-            tied = [self.graph.version(txn, vid) for vid, c in counts.items() if c == top]
-        if len(tied) > 1:
-            new_keys: set[bytes] = set()
-            for path, src in files.items():
-                new_keys |= chunk_keys_of(path, src, self.settings)
-            shared = {v.id: len(new_keys & self._chunk_keys(v)) for v in tied}
-            tied.sort(key=lambda v: (shared[v.id], v.time), reverse=True)
-        else:
-            tied.sort(key=lambda v: v.time, reverse=True)
-        choice = tied[0]
-        log.info("inferred parent %s (%d shared tensors)", choice.ref, top)
-        return choice
-
-    def _chunk_keys(self, v: Version) -> set[bytes]:
-        keys: set[bytes] = set()
-        for e in v.files.values():
-            for t in self.file_record(e).tensors():
-                keys.update(t.chunks)
-        return keys
+            return chunk_keys(txn, [v.files for v in versions])
 
     # -- lineage helpers for front ends ------------------------------------------------------
     def common_ancestor(self, a: str, b: str) -> Version | None:
@@ -423,14 +302,9 @@ class Repo:
         return total
 
     def drafts(self) -> Drafts:
-        from modelfs.repo.drafts import Drafts
-        return Drafts(self)
+        """Changes staged for models' next versions (the mount's writes, `modelfs derive`)."""
+        return self._drafts
 
     def maintenance(self) -> Maintenance:
-        from modelfs.repo.maintenance import Maintenance
-        return Maintenance(self)
-
-
-
-from modelfs.repo.drafts import Drafts  # noqa: E402  (they import Repo lazily)
-from modelfs.repo.maintenance import Maintenance  # noqa: E402
+        """du, fsck and gc."""
+        return self._maintenance

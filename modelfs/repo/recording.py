@@ -1,0 +1,83 @@
+"""Recording a version: its file records, its tensor-signature index entries, the new head.
+
+Imports and draft commits both end here, so a version is written one way whatever made it.
+`tensor_signature` lives here because this is where the index is written; parent inference
+reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import blake3
+
+from modelfs.lineage import FileEntry, LineageGraph, Version
+from modelfs.repo.files import FileRecord
+from modelfs.store import ReadTxn, Store, WriteTxn
+
+log = logging.getLogger(__name__)
+
+DATA_VERSION_KEY = b"data_version"
+
+
+def tensor_signature(name: str, dtype: str, shape: tuple[int, ...]) -> bytes:
+    """Index key of a tensor for parent inference; dtype "*" is the cast-blind form."""
+    return blake3.blake3(f"{name}\0{dtype}\0{list(shape)}".encode()).digest()[:16]
+
+
+def data_version(txn: ReadTxn) -> int:
+    """Changes whenever a version commits, so long-lived views know to refresh."""
+    raw = txn.get("meta", DATA_VERSION_KEY)
+    return int(raw) if raw else 0
+
+
+class Recorder:
+    """Writes versions into the store and the lineage graph."""
+
+    def __init__(self, store: Store, graph: LineageGraph) -> None:
+        self._store = store
+        self._graph = graph
+
+    def record(self, model: str, entries: Mapping[str, FileEntry], records: list[FileRecord],
+               derived: list[str], how: str | None, message: str,
+               provenance: Mapping[str, Any]) -> Version:
+        """`record_in` in a transaction of its own."""
+        with self._store.write() as txn:
+            v = self.record_in(txn, model, entries, records, derived, how, message, provenance)
+        log.info("committed %s (%s)", v.ref, v.id)
+        return v
+
+    def record_in(self, txn: WriteTxn, model: str, entries: Mapping[str, FileEntry],
+                  records: list[FileRecord], derived: list[str], how: str | None,
+                  message: str, provenance: Mapping[str, Any]) -> Version:
+        """Write a version, its file records, its index entries and the new head, in `txn`."""
+        info = self._graph.model(txn, model)
+        number = (info.count if info else 0) + 1
+        previous = info.head if info else None
+        now = time.time()
+        ident = blake3.blake3(json.dumps(
+            [model, number, previous, derived, now, message, how,
+             {p: e.key.hex() for p, e in sorted(entries.items())}]).encode()).hexdigest()[:20]
+        v = Version(ident, model, number, previous, tuple(dict.fromkeys(derived)), how, message, now,
+                    MappingProxyType(dict(entries)), MappingProxyType(dict(provenance)))
+        for rec in records:
+            txn.put("files", rec.key, rec.to_bytes(), overwrite=False)
+        self._index_signatures(txn, v, records)
+        self._graph.add_version(txn, v)
+        txn.put("meta", DATA_VERSION_KEY, str(data_version(txn) + 1).encode())
+        return v
+
+    @staticmethod
+    def _index_signatures(txn: WriteTxn, v: Version, records: list[FileRecord]) -> None:
+        recs = {r.key: r for r in records}
+        for entry in v.files.values():
+            rec = recs.get(entry.key) or FileRecord.from_bytes(txn.get("files", entry.key) or b"")
+            for t in rec.tensors():
+                if t.name:
+                    for dt in (t.dtype.name, "*"):
+                        txn.put("tsig", tensor_signature(t.name, dt, t.shape) + v.id.encode(), b"")
