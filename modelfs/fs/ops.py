@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import logging
 import os
-import stat
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
 
 import pyfuse3
 import trio
 
-from modelfs.errors import NotFound
+from modelfs.fs.boundary import BLKSIZE, boundary, entry_attributes, store_errno
 from modelfs.fs.config import MountConfig
 from modelfs.fs.core import BaseRead, CloseAction, MountCore
 from modelfs.fs.draftsync import (
@@ -44,51 +42,7 @@ from modelfs.repo import FileEntry, FileReader, Repo
 
 log = logging.getLogger("modelfs.fs")
 
-P = ParamSpec("P")
 R = TypeVar("R")
-BLKSIZE = 1 << 20  # st_blksize: tells cp and friends to read in 1 MiB pieces
-_DATA_HANDLERS = frozenset({"open", "read"})
-
-
-def boundary(
-    fn: Callable[Concatenate[Operations, P], Coroutine[Any, Any, R]],
-) -> Callable[Concatenate[Operations, P], Coroutine[Any, Any, R]]:
-    """The one exception boundary: pyfuse3 handlers may raise only FUSEError.
-
-    FsError carries its errno; an unknown name in the repo is ENOENT (but EIO when reading
-    data, where it means a damaged store); anything else is a bug or a damaged store,
-    logged with its traceback and answered with EIO.
-    """
-
-    @functools.wraps(fn)
-    async def wrapper(self: Operations, *args: P.args, **kw: P.kwargs) -> R:
-        try:
-            return await fn(self, *args, **kw)
-        except pyfuse3.FUSEError:
-            raise
-        except FsError as e:
-            if e.errno in (errno.EINVAL, errno.EPERM, errno.EXDEV) and e.what:
-                log.info("%s%r: %s (%s)", fn.__name__, tuple(args)[:3], os.strerror(e.errno),
-                         e.what)
-            raise pyfuse3.FUSEError(e.errno) from None
-        except NotFound:
-            if fn.__name__ in _DATA_HANDLERS:  # a missing chunk or record: the store is damaged
-                log.exception("%s%r: missing from the store; answering EIO", fn.__name__,
-                              tuple(args)[:3])
-                raise pyfuse3.FUSEError(errno.EIO) from None
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
-        except Exception:
-            log.exception("%s%r failed; answering EIO", fn.__name__, tuple(args)[:3])
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return wrapper
-
-
-def _store_errno(e: BaseException) -> int:
-    """The errno a failed store write carries (StoreIOError: ENOSPC when the disk or LMDB's
-    map is full, EROFS when read-only; or an OSError's), else EIO. Never read from the text."""
-    code = getattr(e, "errno", None)
-    return code if isinstance(code, int) and code > 0 else errno.EIO
 
 
 class Operations(pyfuse3.Operations):
@@ -130,21 +84,7 @@ class Operations(pyfuse3.Operations):
         return await trio.to_thread.run_sync(fn, *args, limiter=self._io_limiter)
 
     def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
-        e = pyfuse3.EntryAttributes()
-        e.st_ino = a.ino
-        e.generation = 0
-        e.entry_timeout = a.entry_timeout
-        e.attr_timeout = a.attr_timeout
-        e.st_mode = a.mode
-        e.st_nlink = a.nlink
-        e.st_uid = self.uid
-        e.st_gid = self.gid
-        e.st_rdev = 0
-        e.st_size = a.size
-        e.st_blksize = BLKSIZE
-        e.st_blocks = (a.size + 511) // 512 if stat.S_ISREG(a.mode) else 0
-        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = a.mtime_ns
-        return e
+        return entry_attributes(a, self.uid, self.gid)
 
     async def _reader(self, entry: FileEntry) -> FileReader:
         r = self.core.cached_reader(entry)
@@ -225,7 +165,7 @@ class Operations(pyfuse3.Operations):
                     await self._io(apply_op, self.drafts, op)
             except Exception as e:
                 self.core.error(model, f"recording {ops[0].kind} of {ops[0].path} failed: {e}")
-                raise FsError(_store_errno(e)) from None
+                raise FsError(store_errno(e)) from None
         self._touch(model, dirty=True)
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -526,7 +466,7 @@ class Operations(pyfuse3.Operations):
                     return
                 await self._io(self.drafts.record_staged, st.model, st.path, st.file)
         except Exception as e:
-            st.broken = _store_errno(e)
+            st.broken = store_errno(e)
             self.core.error(st.model, f"{st.path}: could not record the closed file ({e}); "
                             "it is not kept")
             raise FsError(st.broken) from None

@@ -23,45 +23,38 @@ model list, what a head shows, a version's children) get short ones. Writes to h
 from __future__ import annotations
 
 import errno
-import stat
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from modelfs.errors import InvalidName, ModelfsError, NotFound
 from modelfs.fs.heads import Content, Head, parent_of
 from modelfs.fs.inodes import InodeTable
+from modelfs.fs.kinds import tree_kinds
 from modelfs.fs.nodes import (
     DIR_KINDS,
-    LINEAGE_DIR,
     LONG_TIMEOUT,
     ROOT_INO,
     SHORT_TIMEOUT,
-    VERSIONS_DIR,
     XATTR_PREFIX,
     Attr,
     DirIndex,
     FsError,
-    GoneKey,
     HeadDirKey,
     HeadFileKey,
     HeadKey,
     Invalidations,
     Key,
     Kind,
-    LineageKey,
     ModelVersionsKey,
     Node,
     NodeKind,
     RootKey,
-    VersionDirKey,
     VersionFileKey,
     VersionsKey,
     build_dir_index,
-    dir_nlink,
     ns,
-    ro_mode,
     split_ref,
 )
 from modelfs.fs.staged import Staged
@@ -139,13 +132,7 @@ class Tree:
         self._data_version: int | None = None
         self._checked_at = float("-inf")
         self.pending = Invalidations()
-        head_dir, version_dir = HeadDir(self), VersionDir(self)
-        self._kinds: dict[type[Key], NodeKind] = {
-            RootKey: Root(self), HeadKey: head_dir, HeadDirKey: head_dir,
-            HeadFileKey: HeadFile(self), GoneKey: HeadFile(self),
-            VersionDirKey: version_dir, VersionFileKey: VersionFile(self),
-            **view_kinds(self),
-        }
+        self._kinds: dict[type[Key], NodeKind] = {**tree_kinds(self), **view_kinds(self)}
         self.inodes.get(RootKey(), ROOT_INO)
         self.refresh(force=True)
 
@@ -493,135 +480,3 @@ class Tree:
             out[XATTR_PREFIX + "format"] = entry.format.encode()
         out.update(extra)
         return out
-
-
-# ---- the kinds of node the tree answers for itself ---------------------------------------------
-
-class _Kind(NodeKind):
-    def __init__(self, tree: Tree) -> None:
-        self.tree = tree
-
-
-class Root(_Kind):
-    """``/``: the heads, ``<model>@<n>`` by lookup, and the two views."""
-
-    def attr(self, n: Node, entry_timeout: float | None) -> Attr:
-        t = self.tree
-        names = t.head_names()
-        times = [t.version(m.head).time for m in t.models().values() if m.head]
-        mode = 0o755 if t.writable else 0o555
-        return Attr(n.ino, stat.S_IFDIR | mode, dir_nlink(len(names) + 2), 0,
-                    ns(max(times, default=t.mounted_at)), SHORT_TIMEOUT, SHORT_TIMEOUT)
-
-    def names(self, n: Node) -> Iterable[str]:
-        return self.tree.head_names()
-
-    def child(self, p: Node, name: str) -> Node | None:
-        t = self.tree
-        if name == VERSIONS_DIR:
-            return t.inodes.get(VersionsKey(), p.ino)
-        if name == LINEAGE_DIR:
-            return t.inodes.get(LineageKey(), p.ino)
-        ref = split_ref(name)
-        if ref is not None:
-            if ref[0] not in t.models():
-                return None
-            v = t.resolve_ref(name)
-            if v is None or (v.model, v.number) != ref:
-                return None
-            return t.inodes.get(VersionDirKey(v.id, ""), p.ino, vid=v.id)
-        if t.is_head_name(name):
-            return t.inodes.get(HeadKey(name), p.ino, model=name)
-        return None
-
-
-class HeadDir(_Kind):
-    """A head (``/<model>``) or a directory in it: what the head's namespace shows."""
-
-    def attr(self, n: Node, entry_timeout: float | None) -> Attr:
-        t = self.tree
-        head = t.need_head(n.model)
-        mode = head.dir_mode(n.path) if t.writable else 0o555
-        return Attr(n.ino, stat.S_IFDIR | mode, dir_nlink(head.subdirs(n.path)), 0,
-                    head.mtime_ns, SHORT_TIMEOUT, SHORT_TIMEOUT)
-
-    def names(self, n: Node) -> Iterable[str]:
-        return self.tree.need_head(n.model).listing(n.path)
-
-    def child(self, p: Node, name: str) -> Node | None:
-        head = self.tree.need_head(p.model)
-        path = f"{p.path}/{name}" if p.path else name
-        kind = head.kind(path)
-        if kind == "file":
-            return self.tree.inodes.get(HeadFileKey(p.model, path), p.ino, path=path,
-                                        model=p.model)
-        if kind == "dir":
-            return self.tree.inodes.get(HeadDirKey(p.model, path), p.ino, path=path,
-                                        model=p.model)
-        return None
-
-
-class HeadFile(_Kind):
-    """A file in a head, or gone from one while a handle has it."""
-
-    def attr(self, n: Node, entry_timeout: float | None) -> Attr:
-        t = self.tree
-        if n.gone is not None and n.entry is None:
-            st = n.gone()
-            if st is None:
-                raise FsError(errno.ESTALE, f"{n.path} was removed")
-            return Attr(n.ino, stat.S_IFREG | st.mode, 1, st.size, st.mtime_ns,
-                        SHORT_TIMEOUT, SHORT_TIMEOUT)
-        c = t.head_content(n)
-        if isinstance(c, Staged):  # being written: attributes move
-            return Attr(n.ino, stat.S_IFREG | c.mode, 1, c.size, c.mtime_ns,
-                        SHORT_TIMEOUT, SHORT_TIMEOUT)
-        mode = c.mode if t.writable else ro_mode(c.mode)
-        return Attr(n.ino, stat.S_IFREG | mode, 1, c.size, self._mtime(n), SHORT_TIMEOUT,
-                    LONG_TIMEOUT)
-
-    def _mtime(self, n: Node) -> int:
-        t = self.tree
-        head = t.heads.get(n.model)
-        if head is None:
-            return ns(t.mounted_at)
-        mtime = head.mtimes.get(n.path)
-        if mtime is not None:
-            return mtime
-        return ns(t.version(head.version).time) if head.version else head.mtime_ns
-
-
-class VersionDir(_Kind):
-    """``/<model>@<n>`` and the directories inside it."""
-
-    def attr(self, n: Node, entry_timeout: float | None) -> Attr:
-        assert n.vid is not None
-        t = self.tree
-        subdirs = sum(e is None for e in t.index(n.vid)[n.path].values())
-        return Attr(n.ino, stat.S_IFDIR | 0o555, dir_nlink(subdirs), 0,
-                    ns(t.version(n.vid).time), entry_timeout or LONG_TIMEOUT, LONG_TIMEOUT)
-
-    def names(self, n: Node) -> Iterable[str]:
-        assert n.vid is not None
-        return list(self.tree.index(n.vid)[n.path])
-
-    def child(self, p: Node, name: str) -> Node | None:
-        assert p.vid is not None
-        vid = p.vid
-        names = self.tree.index(vid).get(p.path, {})
-        if name not in names:
-            return None
-        entry = names[name]
-        path = f"{p.path}/{name}" if p.path else name
-        if entry is None:
-            return self.tree.inodes.get(VersionDirKey(vid, path), p.ino, vid=vid, path=path)
-        return self.tree.inodes.get(VersionFileKey(vid, path), p.ino, vid=vid, path=path,
-                                    entry=entry)
-
-
-class VersionFile(_Kind):
-    def attr(self, n: Node, entry_timeout: float | None) -> Attr:
-        assert n.entry is not None and n.vid is not None
-        return Attr(n.ino, stat.S_IFREG | ro_mode(n.entry.mode), 1, n.entry.size,
-                    ns(self.tree.version(n.vid).time), entry_timeout or LONG_TIMEOUT,
-                    LONG_TIMEOUT)

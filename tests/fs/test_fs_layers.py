@@ -10,7 +10,7 @@ from pathlib import Path
 import modelfs
 
 PKG = Path(modelfs.__file__).parent
-ADAPTERS = {"fs/ops.py", "fs/daemon.py"}  # the only modules that may import pyfuse3 / trio
+ADAPTERS = {"fs/ops.py", "fs/boundary.py", "fs/daemon.py"}  # the only modules that may import pyfuse3 / trio
 
 
 def _imports(path: Path) -> set[str]:

@@ -7,7 +7,7 @@ import errno
 import pytest
 
 from modelfs.errors import ModelfsError, StoreFull, StoreIOError, StoreReadOnly
-from modelfs.fs.ops import _store_errno
+from modelfs.fs.boundary import store_errno
 
 
 @pytest.mark.parametrize(("e", "code"), [
@@ -19,4 +19,4 @@ from modelfs.fs.ops import _store_errno
     (RuntimeError("no space for this in the plan"), errno.EIO),
 ])
 def test_store_errno_comes_from_the_error_type_not_its_words(e: BaseException, code: int) -> None:
-    assert _store_errno(e) == code
+    assert store_errno(e) == code
