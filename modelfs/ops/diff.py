@@ -23,8 +23,7 @@ import numpy as np
 from modelfs import numerics
 from modelfs.dtypes import DType
 from modelfs.lineage import FileEntry, Version
-from modelfs.repo import FileReader, Repo
-from modelfs.repo.files import FileRecord, StoredTensor
+from modelfs.repo import FileReader, FileRecord, Repo, StoredTensor
 
 WINDOW_ELEMS = 1 << 19  # elements compared per job (one chunk at the default chunk size)
 
@@ -194,11 +193,7 @@ class Differ:
     # -- the delta size ------------------------------------------------------------------------
     def _a_chunk_set(self) -> set[bytes]:
         if self._a_chunks is None:
-            keys: set[bytes] = set()
-            for e in self.a.files.values():
-                for t in self.repo.file_record(e).tensors():
-                    keys.update(t.chunks)
-            self._a_chunks = keys
+            self._a_chunks = self.repo.chunk_keys(self.a)
         return self._a_chunks
 
     def _delta_bytes(self, rec: FileRecord, a_file_keys: set[bytes]) -> int:
@@ -206,7 +201,7 @@ class Differ:
         if rec.key in a_file_keys:
             return 0
         have = self._a_chunk_set()
-        new = {k for t in rec.tensors() for k in t.chunks} - have
+        new = rec.chunk_keys() - have
         return self.repo.stored_size_of(new) + len(rec.to_bytes())
 
     # -- tensors -------------------------------------------------------------------------------
@@ -294,8 +289,8 @@ class Differ:
                       eb: FileEntry | None, fd: FileDiff, a_file_keys: set[bytes]) -> Iterator[TensorDiff]:
         rec_a = self.repo.file_record(ea) if ea else None
         rec_b = self.repo.file_record(eb) if eb else None
-        ra = FileReader(rec_a, self.repo.cache) if rec_a else None
-        rb = FileReader(rec_b, self.repo.cache) if rec_b else None
+        ra = self.repo.reader(rec_a) if rec_a else None
+        rb = self.repo.reader(rec_b) if rec_b else None
         if rec_b is not None:
             fd.delta_bytes = self._delta_bytes(rec_b, a_file_keys)
         ta_by = {t.name: t for t in rec_a.tensors()} if rec_a else {}

@@ -29,8 +29,7 @@ from modelfs.errors import ModelfsError, NotFound
 from modelfs.lineage import FileEntry, Version
 from modelfs.ops.commit import staging_dir
 from modelfs.ops.updates import LowRankUpdate, UpdatePlan
-from modelfs.repo import FileReader, Repo
-from modelfs.repo.files import StoredInline, StoredTensor
+from modelfs.repo import Repo, StoredInline, StoredTensor, source_files
 
 PEFT_PREFIX = "base_model.model."
 REBUILD_VARIANT = "fma"  # fused multiply-add in rank order: what CPU sgemm gives for small ranks
@@ -162,7 +161,7 @@ def _rebuild_file(repo: Repo, entry: FileEntry, targets: dict[str, Target], adap
                   dest: Path) -> None:
     """The base file with each target tensor replaced by W + B @ A * scale (header verbatim)."""
     rec = repo.file_record(entry)
-    reader = FileReader(rec, repo.cache)
+    reader = repo.reader(rec)
     with open(dest, "wb") as f:
         for part in rec.parts:
             if isinstance(part, StoredInline):
@@ -208,8 +207,6 @@ def import_lora(repo: Repo, adapter_dir: Path, parent: str, model: str, *, src: 
                 files[path] = dest
                 keep.pop(path)
         else:
-            from modelfs.repo.sources import source_files
-
             files = source_files(src, follow_symlinks)  # links out of src refused, as in import
             keep = {}
             if not files:

@@ -39,8 +39,7 @@ from modelfs.ops.strategies import (
     register_merge,
     registered_merges,
 )
-from modelfs.repo import FileReader, Repo
-from modelfs.repo.files import FileRecord, StoredInline, StoredTensor
+from modelfs.repo import FileRecord, Repo, StoredInline, StoredTensor
 
 __all__ = ["MergeConflicts", "MergePlan", "Rule", "merge", "parse_rules", "plan_merge",
            "register_merge", "registered_merges"]
@@ -349,7 +348,7 @@ class _Writer:
         self.hints: dict[tuple[str, str], tuple[TensorPlan, list[tuple[str, tuple[str, ...], Any]]]] = {}
 
     def read(self, fp: FilePlan, side: Side, t: StoredTensor) -> bytes:
-        return FileReader(fp.records[side], self.repo.cache).read(t.offset, t.nbytes)
+        return self.repo.reader(fp.records[side]).read(t.offset, t.nbytes)
 
     def write(self, fp: FilePlan, dest: Path) -> None:
         header = fp.records[fp.header_from].parts[0] if fp.header_from else None
@@ -364,7 +363,7 @@ class _Writer:
     def tensor_bytes(self, fp: FilePlan, tp: TensorPlan) -> bytes:
         if tp.source is not None:
             side_rec = fp.records[tp.source]
-            return FileReader(side_rec, self.repo.cache).read(tp.ref.offset, tp.ref.nbytes)
+            return self.repo.reader(side_rec).read(tp.ref.offset, tp.ref.nbytes)
         raw = {s: self.read(fp, s, t) for s, t in tp.inputs.items()}
         inputs = TensorInputs(tp.name, tp.ref.dtype, tp.ref.shape, raw["a"], raw["b"], raw.get("base"))
         out = get_merge(tp.strategy).merge(inputs, tp.params)

@@ -31,9 +31,7 @@ from modelfs.formats import TensorPart, parse_file
 from modelfs.lineage import Version
 from modelfs.ops.commit import ChunkHint
 from modelfs.registry import Registry
-from modelfs.repo import FileReader, Repo
-from modelfs.repo.files import StoredTensor
-from modelfs.repo.importer import mapped
+from modelfs.repo import Repo, StoredTensor, mapped
 
 
 @dataclass(frozen=True)
@@ -223,7 +221,7 @@ def detect_updates(repo: Repo, files: Mapping[str, Path], parent: Version,
         if entry is None:
             continue
         rec = repo.file_record(entry)
-        reader = FileReader(rec, repo.cache)
+        reader = repo.reader(rec)
         with mapped(src) as mv:
             layout, _ = parse_file(path, mv)
             for part in layout.parts:
