@@ -1,11 +1,14 @@
-"""Helpers for the mount tests: spawning daemons, waiting for mounts, reader processes."""
+"""Helpers for the mount tests: spawning daemons, waiting for mounts, reader processes.
+
+The mount handle itself is `modelfs.fs.handle.MountHandle` (the benchmarks use it too);
+`Mounted`, `start_mount` and `force_unmount` are its names here.
+"""
 
 from __future__ import annotations
 
 import errno
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +19,7 @@ from typing import Any
 
 from modelfs.fs import control
 from modelfs.fs.config import MountConfig
+from modelfs.fs.handle import MountHandle, force_unmount
 from modelfs.lineage import Version
 
 FUSE_MISSING = (
@@ -23,10 +27,6 @@ FUSE_MISSING = (
     if not (os.path.exists("/dev/fuse") and shutil.which("fusermount3"))
     else ""
 )
-
-
-def force_unmount(path: Path | str) -> None:
-    subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, check=False)
 
 
 def sweep_stale_mounts() -> None:
@@ -60,51 +60,13 @@ class FsLineage:
         return self.sources[ref]
 
 
-@dataclass
-class Mounted:
-    """A running mount: its path, daemon process and log."""
-
-    path: Path
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def counters(self) -> dict[str, int]:
-        import json
-
-        return dict(json.loads(os.getxattr(self.path, "user.modelfs.counters")))
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM (lazy unmount, then exit), falling back to a forced unmount and kill."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if control.find_mount(self.path) is not None:
-            force_unmount(self.path)
-        return self.proc.returncode
+Mounted = MountHandle  # a running mount: .path .proc .log .stop() .counters() .log_text()
 
 
 def start_mount(store: Path, mnt: Path, log: Path, cache_mb: int = 256,
                 extra: tuple[str, ...] = ()) -> Mounted:
-    mnt.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [*control.daemon_command(store, mnt, MountConfig(cache_mb=cache_mb)), *extra],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-        )
-    try:
-        control.wait_mounted(mnt, proc, timeout=60, log=log)
-    except BaseException:
-        proc.kill()
-        force_unmount(mnt)
-        raise
-    return Mounted(mnt, proc, log)
+    """Spawn a mount daemon of `store` at `mnt` (output into `log`); return once it answers."""
+    return MountHandle.start(store, mnt, log, MountConfig(cache_mb=cache_mb), extra)
 
 
 def wait_for(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> bool:
