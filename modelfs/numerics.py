@@ -8,11 +8,12 @@ F32, so it widens by a shift and narrows by round-to-nearest-even on the bit pat
 torch's CPU conversion does. Only the fp8 types go through torch, imported on first use.
 
 NaN bit patterns are part of a chunk's bytes, and a prediction must be recomputed bit for bit
-when the chunk is read, so the NaN rules are spelled out (`torch_add` for sums). numpy keeps a signalling F16 NaN
+when the chunk is read, so the NaN rules are spelled out. numpy keeps a signalling F16 NaN
 signalling when it converts; torch quiets it (sets the top mantissa bit). Codecs stored with
 torch's rounding (mix, ties, lowrank, and the merge strategies that share their arithmetic)
 pass ``quiet_nans=True``; cast and avg have predicted the numpy way since they moved to numpy.
 BF16 behaves the same either way: widening keeps the pattern, and every NaN narrows to 0xFFFF.
+Where torch did a sum, `torch_add` keeps the NaN torch keeps.
 """
 
 from __future__ import annotations
