@@ -1,41 +1,24 @@
-"""`modelfs diff`, `modelfs merge`, `modelfs plugins` and `import --lora/--updates`.
+"""`modelfs diff`, `modelfs merge`, `modelfs plugins`: the ops over versions.
 
-`cli.main._register_plugins` adds every command in `COMMANDS`. The `import` here wraps the
-core `import` command: it takes the core command's own options (looked up when used, so
-they never drift) plus `--lora` and `--updates`, and hands plain imports to the core one.
+The ops modules load only when their command runs, so `modelfs log` never imports them.
+`import --lora/--updates` lives with `import` in store_cmds.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
+from modelfs.cli.app import open_repo
 from modelfs.cli.render import human_bytes
 from modelfs.errors import ModelfsError
-from modelfs.repo import Repo
 
 DIFF_CACHE = 64 << 20  # decoded-chunk cache for diff: a window of chunks, not a checkpoint
 MAX_CONFLICTS = 20  # conflict lines printed; a dtype mismatch can conflict on every tensor
-
-
-@contextmanager
-def _open(ctx: click.Context, cache_bytes: int | None = None) -> Iterator[Repo]:
-    kw = {"cache_bytes": cache_bytes} if cache_bytes else {}
-    repo = Repo.open(ctx.find_root().obj["store"], **kw)
-    try:
-        yield repo
-    finally:
-        repo.close()
-
-
-def _fail(e: ModelfsError) -> click.ClickException:
-    return click.ClickException(str(e))
 
 
 # ---------------------------------------------------------------- diff
@@ -100,48 +83,45 @@ def diff_command(ctx: click.Context, a: str, b: str, as_json: bool, stat: bool, 
     """
     from modelfs.ops.diff import Differ, DiffTotal, FileDiff, TensorDiff, summarize
 
-    try:
-        with _open(ctx, DIFF_CACHE) as repo:
-            va, vb = repo.resolve(a), repo.resolve(b)
-            events = Differ(repo, va, vb, numbers=not names_only, workers=os.cpu_count() or 2).run()
-            if as_json:
-                doc = summarize(list(events))
-                doc = {"a": {"ref": va.ref, "id": va.id}, "b": {"ref": vb.ref, "id": vb.id}, **doc}
-                click.echo(json.dumps(doc, indent=1))
-                return
-            click.echo(f"diff {va.ref} ({va.id}) -> {vb.ref} ({vb.id})")
-            pending: list[str] = []
-            hidden = 0
-            for ev in events:
-                if isinstance(ev, TensorDiff):
-                    if not ev.name:
-                        continue  # a non-tensor file: its file line says it all
-                    if ev.status == "unchanged" and not show_all:
-                        hidden += 1
-                    elif not stat:
-                        pending.append(_tensor_line(ev))
-                elif isinstance(ev, FileDiff):
-                    mark = {"added": "A", "removed": "D", "changed": "M", "unchanged": "="}[ev.status]
-                    size = (f"{human_bytes(ev.a.size) if ev.a else '-'} -> "
-                            f"{human_bytes(ev.b.size) if ev.b else '-'}")
-                    head = f"{mark} {ev.path}  [{(ev.b or ev.a).format}] {size}"  # type: ignore[union-attr]
-                    if ev.status == "changed":
-                        head += f"; {_summary(ev.counts, ev.stats)}; stored delta {human_bytes(ev.delta_bytes)}"
-                    click.echo(head)
-                    for line in pending:
-                        click.echo(line)
-                    if hidden and not stat and ev.status == "changed":
-                        click.echo(f"    ({hidden} unchanged tensors not shown; --all lists them)")
-                    pending, hidden = [], 0
-                elif isinstance(ev, DiffTotal):
-                    f = ev.files
-                    click.echo(f"total: {sum(f.values())} files ({', '.join(f'{v} {k}' for k, v in f.items() if v)}); "
-                               f"tensors: {_summary(ev.tensors, ev.stats)}")
-                    ratio = ev.b_logical / ev.delta_bytes if ev.delta_bytes else float("inf")
-                    click.echo(f"stored size of {vb.ref} given {va.ref}: {human_bytes(ev.delta_bytes)} "
-                               f"for {human_bytes(ev.b_logical)} ({ratio:.1f}x smaller than a full copy)")
-    except ModelfsError as e:
-        raise _fail(e) from None
+    with open_repo(ctx, DIFF_CACHE) as repo:
+        va, vb = repo.resolve(a), repo.resolve(b)
+        events = Differ(repo, va, vb, numbers=not names_only, workers=os.cpu_count() or 2).run()
+        if as_json:
+            doc = summarize(list(events))
+            doc = {"a": {"ref": va.ref, "id": va.id}, "b": {"ref": vb.ref, "id": vb.id}, **doc}
+            click.echo(json.dumps(doc, indent=1))
+            return
+        click.echo(f"diff {va.ref} ({va.id}) -> {vb.ref} ({vb.id})")
+        pending: list[str] = []
+        hidden = 0
+        for ev in events:
+            if isinstance(ev, TensorDiff):
+                if not ev.name:
+                    continue  # a non-tensor file: its file line says it all
+                if ev.status == "unchanged" and not show_all:
+                    hidden += 1
+                elif not stat:
+                    pending.append(_tensor_line(ev))
+            elif isinstance(ev, FileDiff):
+                mark = {"added": "A", "removed": "D", "changed": "M", "unchanged": "="}[ev.status]
+                size = (f"{human_bytes(ev.a.size) if ev.a else '-'} -> "
+                        f"{human_bytes(ev.b.size) if ev.b else '-'}")
+                head = f"{mark} {ev.path}  [{(ev.b or ev.a).format}] {size}"  # type: ignore[union-attr]
+                if ev.status == "changed":
+                    head += f"; {_summary(ev.counts, ev.stats)}; stored delta {human_bytes(ev.delta_bytes)}"
+                click.echo(head)
+                for line in pending:
+                    click.echo(line)
+                if hidden and not stat and ev.status == "changed":
+                    click.echo(f"    ({hidden} unchanged tensors not shown; --all lists them)")
+                pending, hidden = [], 0
+            elif isinstance(ev, DiffTotal):
+                f = ev.files
+                click.echo(f"total: {sum(f.values())} files ({', '.join(f'{v} {k}' for k, v in f.items() if v)}); "
+                           f"tensors: {_summary(ev.tensors, ev.stats)}")
+                ratio = ev.b_logical / ev.delta_bytes if ev.delta_bytes else float("inf")
+                click.echo(f"stored size of {vb.ref} given {va.ref}: {human_bytes(ev.delta_bytes)} "
+                           f"for {human_bytes(ev.b_logical)} ({ratio:.1f}x smaller than a full copy)")
 
 
 # ---------------------------------------------------------------- merge
@@ -195,153 +175,45 @@ def merge_command(ctx: click.Context, a: str, b: str, base: str | None, strategy
     from modelfs.names import check_model_name
     from modelfs.ops.merge import MergeConflicts, merge, parse_rule, parse_rules, plan_merge
 
-    try:
-        all_rules = [parse_rule(r) for r in rules]
-        if rules_file is not None:
-            try:
-                text = rules_file.read_text()
-            except OSError as e:
-                raise ModelfsError(f"--rules {rules_file}: {e.strerror}") from None
-            all_rules += parse_rules(text, str(rules_file))
-        p = _params(alpha, params)
-        if into is not None:
-            check_model_name(into)
-        with _open(ctx) as repo:
-            va, vb = repo.resolve(a), repo.resolve(b)
-            vbase = repo.resolve(base) if base else None
-            try:
-                if dry_run:
-                    plan = plan_merge(repo, va, vb, vbase or repo.common_ancestor(va.id, vb.id),
-                                      strategy, p, all_rules)
-                    if plan.conflicts:
-                        raise MergeConflicts(plan.conflicts)
-                    click.echo(f"merge {va.ref} + {vb.ref} (base {plan.base.ref if plan.base else '-'}): "
-                               f"{len(plan.files)} files, {plan.computed} tensors to compute; no conflicts")
-                    return
-                v = merge(repo, va, vb, base=vbase, strategy=strategy, params=p, rules=all_rules,
-                          into=into, message=message)
-            except MergeConflicts as e:
-                shown = e.conflicts if as_json or len(e.conflicts) <= MAX_CONFLICTS else e.conflicts[:MAX_CONFLICTS]
-                for c in shown:
-                    click.echo(f"conflict: {c}", err=True)
-                if len(shown) < len(e.conflicts):
-                    click.echo(f"conflict: ... and {len(e.conflicts) - len(shown)} more like these "
-                               "(--json lists all)", err=True)
-                raise
-            info = v.provenance.get("merge", {})
-            if as_json:
-                click.echo(json.dumps({"id": v.id, "ref": v.ref, "parents": list(v.derived_from),
-                                       "base": info.get("base"), "computed_tensors": info.get("computed_tensors")}))
+    all_rules = [parse_rule(r) for r in rules]
+    if rules_file is not None:
+        try:
+            text = rules_file.read_text()
+        except OSError as e:
+            raise ModelfsError(f"--rules {rules_file}: {e.strerror}") from None
+        all_rules += parse_rules(text, str(rules_file))
+    p = _params(alpha, params)
+    if into is not None:
+        check_model_name(into)
+    with open_repo(ctx) as repo:
+        va, vb = repo.resolve(a), repo.resolve(b)
+        vbase = repo.resolve(base) if base else None
+        try:
+            if dry_run:
+                plan = plan_merge(repo, va, vb, vbase or repo.common_ancestor(va.id, vb.id),
+                                  strategy, p, all_rules)
+                if plan.conflicts:
+                    raise MergeConflicts(plan.conflicts)
+                click.echo(f"merge {va.ref} + {vb.ref} (base {plan.base.ref if plan.base else '-'}): "
+                           f"{len(plan.files)} files, {plan.computed} tensors to compute; no conflicts")
                 return
-            click.echo(f"merged {va.ref} + {vb.ref} (base {info.get('base') or '-'}, {strategy}) into "
-                       f"{v.ref} ({v.id}): {info.get('computed_tensors')} tensors computed")
-    except ModelfsError as e:
-        raise _fail(e) from None
-
-
-# ---------------------------------------------------------------- import --lora / --updates
-
-
-class _ImportCommand(click.Command):
-    """The core `import` command's parameters (SRC optional) plus this module's own."""
-
-    def _core(self) -> click.Command:
-        import importlib
-
-        main = importlib.import_module("modelfs.cli.main")
-        core = getattr(main, "import_", None)
-        if not isinstance(core, click.Command):  # found by its command name if renamed
-            core = next(c for c in vars(main).values()
-                        if isinstance(c, click.Command) and c.name == "import" and not isinstance(c, _ImportCommand))
-        return core
-
-    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
-        params: list[click.Parameter] = []
-        for p in self._core().get_params(ctx):
-            if isinstance(p, click.Argument) and p.name == "src":
-                params.append(click.Argument(["src"], required=False,
-                                             type=click.Path(path_type=Path)))
-            elif not (isinstance(p, click.Option) and "--help" in p.opts):
-                params.append(p)
-        params += self.params
-        help_option = self.get_help_option(ctx)
-        return params + ([help_option] if help_option is not None else [])
-
-
-@click.command("import", cls=_ImportCommand)
-@click.option("--lora", "lora", type=click.Path(path_type=Path), metavar="ADAPTER_DIR",
-              help="A PEFT LoRA adapter applied to --parent: stored as its factors. With SRC, SRC is "
-                   "imported as saved and the adapter says how it was made; without, the merged "
-                   "weights are rebuilt from the parent.")
-@click.option("--updates", "updates", metavar="TYPES",
-              help="Detect update types against the parent, comma-separated (sparse,lowrank), and "
-                   "store matching tensors as such.")
-@click.pass_context
-def import_command(ctx: click.Context, lora: Path | None, updates: str | None, **kw: Any) -> None:
-    """Import the checkpoint directory SRC as a new version of MODEL."""
-    core = _ImportCommand("import")._core()
-    if lora is None and updates is None:
-        if kw.get("src") is None:
-            raise click.UsageError("Missing argument 'SRC'.")
-        ctx.invoke(core, **kw)
-        return
-    try:
-        _import_with_updates(ctx, lora, updates, **kw)
-    except ModelfsError as e:
-        raise _fail(e) from None
-
-
-def _import_with_updates(ctx: click.Context, lora: Path | None, updates: str | None, *, src: Path | None,
-                         model: str, parents: tuple[str, ...], how: str | None, message: str,
-                         provenance: str | None, as_json: bool, follow_symlinks: bool = False,
-                         **_: Any) -> None:
-    from modelfs.names import check_model_name
-    from modelfs.ops.lora import import_lora
-    from modelfs.ops.updates import detect_updates
-
-    check_model_name(model)
-    if len(parents) != 1:
-        raise ModelfsError("--lora and --updates need exactly one --parent (the version the update applies to)")
-    try:
-        prov = json.loads(provenance) if provenance else {}
-    except json.JSONDecodeError as e:
-        raise ModelfsError(f"--provenance is not valid JSON: {e}") from None
-    if src is not None and not src.is_dir():
-        raise ModelfsError(f"{src} is not a directory")
-    if lora is not None and not lora.is_dir():
-        raise ModelfsError(f"--lora {lora} is not an adapter directory")
-    with _open(ctx) as repo:
-        parent = repo.resolve(parents[0])
-        report: dict[str, Any] = {}
-        if lora is not None:
-            if updates:
-                raise ModelfsError("--lora and --updates cannot be combined")
-            v = import_lora(repo, lora, parent.id, model, src=src, message=message, how=how or "lora",
-                            provenance=prov, follow_symlinks=follow_symlinks)
-            report = {"lora": v.provenance.get("lora")}
-        else:
-            if src is None:
-                raise click.UsageError("Missing argument 'SRC'.")
-            from modelfs.repo.sources import source_files
-
-            files = source_files(src, follow_symlinks)  # links out of SRC refused, as in import
-            types = [t.strip() for t in (updates or "").split(",") if t.strip()]
-            plan = detect_updates(repo, files, parent, types)
-            report = plan.report()
-            prov["updates"] = report
-            v = repo.commit_files(model, files, hints=plan.hint, parents=[parent.id], how=how,
-                                  message=message, provenance=prov, infer_parent=False)
+            v = merge(repo, va, vb, base=vbase, strategy=strategy, params=p, rules=all_rules,
+                      into=into, message=message)
+        except MergeConflicts as e:
+            shown = e.conflicts if as_json or len(e.conflicts) <= MAX_CONFLICTS else e.conflicts[:MAX_CONFLICTS]
+            for c in shown:
+                click.echo(f"conflict: {c}", err=True)
+            if len(shown) < len(e.conflicts):
+                click.echo(f"conflict: ... and {len(e.conflicts) - len(shown)} more like these "
+                           "(--json lists all)", err=True)
+            raise
+        info = v.provenance.get("merge", {})
         if as_json:
-            click.echo(json.dumps({"id": v.id, "ref": v.ref, "parents": list(v.parents),
-                                   "updates": report}))
+            click.echo(json.dumps({"id": v.id, "ref": v.ref, "parents": list(v.derived_from),
+                                   "base": info.get("base"), "computed_tensors": info.get("computed_tensors")}))
             return
-        click.echo(f"imported {v.ref} ({v.id}) from {parent.ref}, {len(v.files)} files, "
-                   f"{human_bytes(v.logical_size)}")
-        if lora is None:
-            kinds: dict[str, int] = {}
-            for d in report.values():
-                kinds[d["type"]] = kinds.get(d["type"], 0) + 1
-            click.echo("updates detected: " + (", ".join(f"{n} {k}" for k, n in kinds.items()) or "none"))
+        click.echo(f"merged {va.ref} + {vb.ref} (base {info.get('base') or '-'}, {strategy}) into "
+                   f"{v.ref} ({v.id}): {info.get('computed_tensors')} tensors computed")
 
 
 # ---------------------------------------------------------------- plugins
@@ -365,4 +237,4 @@ def plugins_command(as_json: bool) -> None:
         click.echo(f"{k:<8} {', '.join(names)}")
 
 
-COMMANDS: list[click.Command] = [diff_command, merge_command, import_command, plugins_command]
+COMMANDS: list[click.Command] = [diff_command, merge_command, plugins_command]

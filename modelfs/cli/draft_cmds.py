@@ -1,0 +1,101 @@
+"""`modelfs derive`, `commit`, `status`, `discard`: drafts, the store side of the mount's writes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from modelfs.cli.app import open_repo
+from modelfs.repo import Repo
+
+
+@click.command()
+@click.argument("parent")
+@click.argument("new")
+@click.option("--how", default="derive", help="How NEW is derived from PARENT (finetune, lora, ...).")
+@click.pass_context
+def derive(ctx: click.Context, parent: str, new: str, how: str) -> None:
+    """Start model NEW from PARENT[@N]: its directory in the mount shows PARENT's files at once."""
+    with open_repo(ctx) as repo:
+        p = repo.drafts().derive(parent, new, how=how)
+    click.echo(f"{new} derived from {p.ref}; write into <mount>/{new}/ and it commits as {new}@1")
+
+
+def _draft_rows(repo: Repo) -> list[dict[str, Any]]:
+    """Every draft: its pending changes, and why it is held if a save into it failed."""
+    drafts = repo.drafts()
+    rows = []
+    for name in drafts.models():
+        d = drafts.get(name)
+        if d is None:
+            continue
+        changes: dict[str, str | None] = {p: (e.blake3_hex if e else None)
+                                          for p, e in d.changes.items()}
+        changes.update({p: "staged" for p in d.staged})  # closed, being stored
+        rows.append({"model": name, "changes": changes, "held": dict(d.held)})
+    return rows
+
+
+def _print_drafts(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    if not rows:
+        click.echo("nothing pending")
+    for r in rows:
+        click.echo(f"{r['model']}: {len(r['changes'])} pending changes"
+                   + (" (held: a save failed; commit --force or discard)" if r["held"] else ""))
+        for p, why in sorted(r["held"].items()):
+            click.echo(f"  held by {p}: {why}")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Drafts waiting to commit: pending changes per model, and why a held one waits."""
+    with open_repo(ctx) as repo:
+        _print_drafts(_draft_rows(repo), as_json)
+
+
+@click.command()
+@click.argument("model")
+@click.pass_context
+def discard(ctx: click.Context, model: str) -> None:
+    """Drop MODEL's draft (pending changes, a held failed save); the head is left as it was."""
+    with open_repo(ctx) as repo:
+        if repo.drafts().get(model) is None:
+            repo.model(model)  # raises NotFound for an unknown model
+            click.echo(f"{model}: nothing to discard")
+            return
+        paths = repo.drafts().discard(model)
+    click.echo(f"{model}: discarded {len(paths)} pending changes")
+
+
+@click.command()
+@click.argument("model", required=False)
+@click.option("-m", "--message", default="", help="Message recorded with the version.")
+@click.option("--force", is_flag=True,
+              help="Commit a held draft (a save into it failed) with what was closed whole.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def commit(ctx: click.Context, model: str | None, message: str, force: bool,
+           as_json: bool) -> None:
+    """Commit MODEL's pending changes (files closed in the mount) now; without MODEL, list drafts."""
+    with open_repo(ctx) as repo:
+        drafts = repo.drafts()
+        if model is None:
+            _print_drafts(_draft_rows(repo), as_json)
+            return
+        if drafts.get(model) is None:
+            repo.model(model)  # raises NotFound for an unknown model
+        v = drafts.commit(model, message=message, force=force)
+    if as_json:
+        click.echo(json.dumps({"committed": v.ref if v else None, "id": v.id if v else None}))
+    else:
+        click.echo(f"committed {v.ref} ({v.id})" if v else f"{model}: nothing to commit")
+
+
+COMMANDS: list[click.Command] = [derive, commit, status, discard]

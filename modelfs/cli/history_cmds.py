@@ -1,0 +1,89 @@
+"""`modelfs log`, `show`, `lineage`: reading the lineage graph (nothing here writes)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from modelfs.cli.app import open_repo
+from modelfs.cli.render import human_bytes, lineage_dot, lineage_svg, lineage_tree
+from modelfs.repo import Version
+
+
+def _version_json(v: Version) -> dict[str, Any]:
+    return {"id": v.id, "ref": v.ref, "model": v.model, "number": v.number, "previous": v.previous,
+            "derived_from": list(v.derived_from), "how": v.how, "message": v.message, "time": v.time,
+            "files": {p: e.to_json() for p, e in v.files.items()}, "provenance": dict(v.provenance)}
+
+
+@click.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def log(ctx: click.Context, model: str, as_json: bool) -> None:
+    """Versions of MODEL, newest first."""
+    with open_repo(ctx) as repo:
+        versions = list(reversed(repo.versions(model)))
+        if as_json:
+            click.echo(json.dumps([_version_json(v) for v in versions], indent=1))
+            return
+        for v in versions:
+            parents = ", ".join(repo.version(p).ref for p in v.parents) or "-"
+            when = dt.datetime.fromtimestamp(v.time).strftime("%Y-%m-%d %H:%M:%S")
+            click.echo(f"{v.ref:<24} {v.id}  {when}  parents: {parents}  how: {v.how or '-'}"
+                       f"  {human_bytes(v.logical_size)}  {v.message}")
+
+
+@click.command()
+@click.option("--dot", is_flag=True, help="Print Graphviz DOT instead of a tree.")
+@click.option("--svg", type=click.Path(dir_okay=False, path_type=Path), help="Write the graph as an SVG picture.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def lineage(ctx: click.Context, dot: bool, svg: Path | None, as_json: bool) -> None:
+    """The whole lineage graph: every model and version with its parents."""
+    with open_repo(ctx) as repo:
+        versions = repo.all_versions()
+    if as_json:
+        click.echo(json.dumps([{"id": v.id, "ref": v.ref, "parents": list(v.parents), "how": v.how}
+                               for v in versions], indent=1))
+    elif svg:
+        svg.write_text(lineage_svg(versions))
+        click.echo(f"wrote {svg}")
+    elif dot:
+        click.echo(lineage_dot(versions), nl=False)
+    else:
+        for line in lineage_tree(versions) or ["(empty store)"]:
+            click.echo(line)
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def show(ctx: click.Context, ref: str, as_json: bool) -> None:
+    """One version: parents, children, how, files with sizes and blake3."""
+    with open_repo(ctx) as repo:
+        v = repo.resolve(ref)
+        children = repo.children(v.id)
+        if as_json:
+            d = _version_json(v)
+            d["children"] = [c.id for c in children]
+            click.echo(json.dumps(d, indent=1))
+            return
+        click.echo(f"version  {v.ref} ({v.id})")
+        click.echo(f"parents  {', '.join(repo.version(p).ref for p in v.parents) or '-'}")
+        click.echo(f"children {', '.join(c.ref for c in children) or '-'}")
+        click.echo(f"how      {v.how or '-'}")
+        if v.message:
+            click.echo(f"message  {v.message}")
+        for k, val in v.provenance.items():
+            click.echo(f"{k:<8} {json.dumps(val)}")
+        for path, e in sorted(v.files.items()):
+            click.echo(f"  {e.size:>12}  {e.format:<12} {e.blake3_hex[:16]}  {path}")
+
+
+COMMANDS: list[click.Command] = [log, show, lineage]
