@@ -5,7 +5,8 @@ Everything another layer needs is named here, so none of them imports a module i
 """
 
 from modelfs.lineage import FileEntry, ModelInfo, Version
-from modelfs.repo.chunks import Counters
+from modelfs.repo.access import Access, make_dir, open_private, set_file_mode, store_access
+from modelfs.repo.chunks import ChunkRecord, Counters
 from modelfs.repo.drafts import STAGING_LOCK, Draft, Drafts, staging_owner_alive
 from modelfs.repo.files import FileReader, FileRecord, StoredInline, StoredPart, StoredTensor
 from modelfs.repo.importer import ChunkHints, Progress, StoreSettings, mapped
@@ -13,7 +14,8 @@ from modelfs.repo.maintenance import FsckReport, Maintenance
 from modelfs.repo.repo import Repo
 from modelfs.repo.sources import source_files
 
-__all__ = ["STAGING_LOCK", "ChunkHints", "Counters", "Draft", "Drafts", "FileEntry", "FileReader",
-           "FileRecord", "FsckReport", "Maintenance", "ModelInfo", "Progress", "Repo", "StoreSettings",
-           "StoredInline", "StoredPart", "StoredTensor", "Version", "mapped", "source_files",
-           "staging_owner_alive"]
+__all__ = ["STAGING_LOCK", "Access", "ChunkHints", "ChunkRecord", "Counters", "Draft", "Drafts",
+           "FileEntry", "FileReader", "FileRecord", "FsckReport", "Maintenance", "ModelInfo", "Progress",
+           "Repo", "StoreSettings", "StoredInline", "StoredPart", "StoredTensor", "Version", "make_dir",
+           "mapped", "open_private", "set_file_mode", "source_files", "staging_owner_alive",
+           "store_access"]

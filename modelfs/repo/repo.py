@@ -18,7 +18,7 @@ from modelfs.errors import Conflict, InvalidName, ModelfsError, NotFound, StoreR
 from modelfs.lineage import FileEntry, LineageGraph, ModelInfo, Version
 from modelfs.names import check_file_path, check_model_name
 from modelfs.repo.access import prepare_store, seal_store
-from modelfs.repo.chunks import ChunkCache, Counters
+from modelfs.repo.chunks import ChunkCache, ChunkRecord, Counters
 from modelfs.repo.drafts import Drafts
 from modelfs.repo.files import FileReader, FileRecord, Files
 from modelfs.repo.importer import ChunkHints, Importer, Progress, StoreSettings
@@ -292,6 +292,10 @@ class Repo:
 
     def read_txn(self) -> contextlib.AbstractContextManager[ReadTxn]:
         return self.store.read()
+
+    def chunk_record(self, key: bytes) -> ChunkRecord:
+        """A stored chunk's record (codec, depth, bases): what benchmarks and debugging inspect."""
+        return self.cache.record(key)
 
     def stored_size_of(self, keys: set[bytes]) -> int:
         total = 0
