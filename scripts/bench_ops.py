@@ -186,8 +186,7 @@ def bench_theta(out: Path, a: Path, b: Path, results: dict[str, Any], venv: Path
 
 
 def stored(repo: Any, v: Any, others: list[Any]) -> int:
-    have = {k for o in others for e in o.files.values() for t in repo.file_record(e).tensors() for k in t.chunks}
-    new = {k for e in v.files.values() for t in repo.file_record(e).tensors() for k in t.chunks} - have
+    new = repo.chunk_keys(v) - repo.chunk_keys(*others)
     return int(repo.stored_size_of(new))
 
 

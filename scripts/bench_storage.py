@@ -571,8 +571,7 @@ def bench_modelfs(versions: list[dict[str, Any]], out: Path) -> dict[str, Any]:
                 raise AssertionError(f"{v['ref']} imported as {got.model}@{got.number}")
             per_version[v["ref"]] = {"import_s": secs}
             log(f"modelfs: imported {v['ref']:<18} {v['bytes'] / MB / secs:7.0f} MB/s")
-        # The facade may expose du() directly or through its maintenance helper.
-        du = repo.du() if hasattr(repo, "du") else repo.maintenance().du()
+        du = repo.maintenance().du()
         for v in versions:
             os.sync()
             t0 = time.perf_counter()

@@ -34,18 +34,15 @@ MODELFS = str(Path(sys.executable).parent / "modelfs")  # the CLI next to this P
 
 def chunk_depths(repo: Any, ref: str) -> dict[str, Any]:
     """Histogram of the stored delta depth of the weight file's chunks."""
-    from modelfs.repo.chunks import ChunkRecord
-
     v = repo.resolve(ref)
     rec = repo.file_record(v.files[WEIGHTS])
     hist: Counter[int] = Counter()
     codecs: Counter[str] = Counter()
-    with repo.read_txn() as txn:
-        for t in rec.tensors():
-            for k in t.chunks:
-                cr = ChunkRecord.from_bytes(txn.get("chunks", k))
-                hist[cr.depth] += 1
-                codecs[cr.codec] += 1
+    for t in rec.tensors():
+        for k in t.chunks:
+            cr = repo.chunk_record(k)
+            hist[cr.depth] += 1
+            codecs[cr.codec] += 1
     n = sum(hist.values())
     return {"max": max(hist), "mean": round(sum(d * c for d, c in hist.items()) / n, 2),
             "hist": dict(sorted(hist.items())), "codecs": dict(codecs), "chunks": n}
