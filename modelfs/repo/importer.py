@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import blake3
 
@@ -38,6 +38,14 @@ Progress = Callable[[int], None]
 # (file path, tensor name, chunk index) -> hints, each with .codec (an id), .bases (chunk keys)
 # and .hint (handed to the codec as EncodeContext.hint): what a merge or a LoRA import knows.
 ChunkHints = Callable[[str, str, int], Sequence[Any]]
+
+
+class BaseChunk(NamedTuple):
+    """A chunk offered as a delta base: its key, element type and chain depth."""
+
+    key: bytes
+    dtype: DType
+    depth: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,38 +157,38 @@ class Importer:
         self._batch_bytes = 0
 
     # -- per chunk work (worker threads) ----------------------------------------------
-    def _root(self, key: bytes) -> tuple[bytes, DType] | None:
+    def _root(self, key: bytes) -> BaseChunk | None:
         """The self-contained chunk at the end of a chunk's chain of first bases."""
         rec = self.cache.record(key)
         while rec.depth > 0 and rec.bases:
             key = rec.bases[0][0]
             rec = self.cache.record(key)
-        return (key, rec.dtype) if rec.depth == 0 else None
+        return BaseChunk(key, rec.dtype, 0) if rec.depth == 0 else None
 
     def _base_sets(self, bases: list[tuple[StoredTensor, int]], dt: DType
                    ) -> tuple[list[tuple[list[bytes], list[DType]]], list[list[bytes]], list[int]]:
         """Candidate base sets with the depth each gives: an average of two parents first, then
         each parent alone, then (for a parent that is itself a delta) its chain's root, which
         keeps reads of deep lineages flat at a small cost in size."""
-        usable: list[tuple[bytes, DType, int]] = []
-        roots: list[tuple[bytes, DType, int]] = []
+        usable: list[BaseChunk] = []
+        roots: list[BaseChunk] = []
         for t, i in bases:
             key = t.chunks[i]
             depth = self.cache.record(key).depth
             if depth + 1 <= self.settings.max_chain:
-                usable.append((key, t.dtype, depth))
+                usable.append(BaseChunk(key, t.dtype, depth))
             if depth > 0:
                 root = self._root(key)
-                if root is not None and all(root[0] != r[0] for r in roots):
-                    roots.append((*root, 0))
-        sets: list[list[tuple[bytes, DType, int]]] = []
-        same = [u for u in usable if u[1].name == dt.name]
-        if len(same) >= 2 and same[0][0] != same[1][0]:
+                if root is not None and all(root.key != r.key for r in roots):
+                    roots.append(root)
+        sets: list[list[BaseChunk]] = []
+        same = [u for u in usable if u.dtype.name == dt.name]
+        if len(same) >= 2 and same[0].key != same[1].key:
             sets.append(same[:2])
         sets += [[u] for u in usable + roots]
-        return ([([self.cache.get(k) for k, _, _ in s], [d for _, d, _ in s]) for s in sets],
-                [[k for k, _, _ in s] for s in sets],
-                [1 + max(d for _, _, d in s) for s in sets])
+        return ([([self.cache.get(b.key) for b in s], [b.dtype for b in s]) for s in sets],
+                [[b.key for b in s] for s in sets],
+                [1 + max(b.depth for b in s) for s in sets])
 
     def _encode_hinted(self, data: bytes, dt: DType, h: Any) -> Candidate | None:
         """A hint's codec on the hint's base chunks, or None where it does not apply."""
