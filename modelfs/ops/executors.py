@@ -1,0 +1,313 @@
+"""Where recipe and test commands run: a registry of executors (`local`, `ray`, plug-ins).
+
+A command over the lineage is a `Job` (a `bash -c` line, a timeout, resources); an executor
+runs jobs and hands back each `JobResult` as it finishes, so a caller can start the next
+step of its plan at once. The ordering is the caller's plan; the scheduling is the
+executor's (a pool of slots here, Ray's scheduler on a cluster). Third-party executors
+register through the `modelfs.executors` entry-point group with an `ExecutorKind`.
+
+`submit` / `wait_one` are the dynamic form (a cascade submits a node as soon as its last
+parent finishes); `run` is the batch form built on them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from typing import IO, Any, Protocol
+
+from modelfs.errors import ModelfsError
+from modelfs.registry import Registry
+
+TAIL_BYTES = 64 << 10  # what a result keeps of each stream: enough for a traceback
+KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL of a job that ran out of time
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One command: `cmd` is run with `bash -c`; `env` is added to the inherited environment."""
+
+    cmd: str
+    timeout: float
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+    resources: dict[str, float] | None = None  # {"num_cpus": 1, "num_gpus": 0.5} (Ray honours them)
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    exit_code: int  # negative: killed by that signal (a timeout kills with SIGTERM, then SIGKILL)
+    stdout: str  # the last TAIL_BYTES of each stream
+    stderr: str
+    seconds: float
+    timed_out: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+    def last_lines(self, n: int = 10) -> list[str]:
+        """The end of the output (stderr after stdout), for a failure report."""
+        lines = (self.stdout.rstrip("\n").splitlines() if self.stdout.strip() else []) + \
+                (self.stderr.rstrip("\n").splitlines() if self.stderr.strip() else [])
+        return lines[-n:]
+
+
+class Executor(Protocol):
+    def submit(self, job: Job) -> int:
+        """Start `job` (or queue it for a free slot); returns its ticket."""
+        ...
+
+    def wait_one(self) -> tuple[int, JobResult]:
+        """The next job to finish, by ticket; ModelfsError when none is pending."""
+        ...
+
+    def pending(self) -> int: ...
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[tuple[int, JobResult]]:
+        """Run `jobs`, yielding (index into `jobs`, result) as each finishes."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorKind:
+    """A named way to build an executor: `make(jobs, **options)`."""
+
+    name: str
+    make: Callable[..., Executor]
+    description: str = ""
+
+
+EXECUTORS: Registry[ExecutorKind] = Registry("modelfs.executors", "executor", lambda k: k.name)
+register_executor = EXECUTORS.register
+registered_executors = EXECUTORS.all
+
+
+def get_executor(name: str = "local", jobs: int = 1, **options: Any) -> Executor:
+    """An executor with `jobs` slots; options go to its kind (the ray one takes `address`)."""
+    if jobs < 1:
+        raise ModelfsError(f"--jobs must be at least 1, not {jobs}")
+    return EXECUTORS.get(name).make(jobs, **options)
+
+
+# -- running one job (in a thread here, or in a Ray worker) -------------------------------
+def _tail(f: IO[bytes]) -> str:
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(0, size - TAIL_BYTES))
+    return f.read().decode("utf-8", errors="replace")
+
+
+def _argv(job: Job) -> list[str]:
+    """`bash -c CMD`, through `env K=V ...` when the job adds variables (the environment is
+    inherited, never read here: only the CLI touches os.environ)."""
+    if not job.env:
+        return ["bash", "-c", job.cmd]
+    for k in job.env:
+        if not k or "=" in k or "\0" in k:
+            raise ModelfsError(f"bad environment variable name {k!r}")
+    return ["env", *(f"{k}={v}" for k, v in job.env.items()), "bash", "-c", job.cmd]
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the job's whole process group, SIGKILL what is left after a grace period."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(KILL_GRACE)
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # children the leader left
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run_job(job: Job, started: Callable[[subprocess.Popen[bytes]], None] | None = None) -> JobResult:
+    """Run one job to its end or its timeout; the process group dies with a timeout.
+
+    Output goes to anonymous temporary files, not pipes, so a chatty command never blocks
+    on a full pipe and only the tail is read back.
+    """
+    t0 = time.monotonic()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(_argv(job), cwd=job.cwd, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=err, start_new_session=True)
+        except OSError as e:  # a missing cwd, no bash: the job failed, the caller goes on
+            return JobResult(127, "", f"could not start: {e}", time.monotonic() - t0, False)
+        if started is not None:
+            started(proc)
+        timed_out = False
+        try:
+            proc.wait(job.timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc)
+            proc.wait()
+        finally:
+            if proc.returncode is None:  # interrupted (KeyboardInterrupt): leave nothing behind
+                _kill_group(proc)
+                proc.wait()
+        seconds = time.monotonic() - t0
+        return JobResult(proc.returncode, _tail(out), _tail(err), seconds, timed_out)
+
+
+class _Tickets:
+    """Ticket numbering and the batch `run` over submit / wait_one."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def _ticket(self) -> int:
+        t = self._next
+        self._next += 1
+        return t
+
+    def submit(self, job: Job) -> int:  # pragma: no cover - every executor defines it
+        raise NotImplementedError
+
+    def wait_one(self) -> tuple[int, JobResult]:  # pragma: no cover
+        raise NotImplementedError
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[tuple[int, JobResult]]:
+        index = {self.submit(j): i for i, j in enumerate(jobs)}
+        while index:
+            ticket, result = self.wait_one()
+            i = index.pop(ticket, None)
+            if i is not None:
+                yield i, result
+
+
+class LocalExecutor(_Tickets):
+    """`jobs` slots, each running one subprocess at a time (threads wait on the processes)."""
+
+    def __init__(self, jobs: int = 1) -> None:
+        super().__init__()
+        self.jobs = jobs
+        self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="modelfs-job")
+        self._futures: dict[Future[JobResult], int] = {}
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _run(self, job: Job) -> JobResult:
+        procs: list[subprocess.Popen[bytes]] = []
+
+        def started(p: subprocess.Popen[bytes]) -> None:
+            procs.append(p)
+            with self._lock:
+                self._procs.add(p)
+                closed = self._closed
+            if closed:
+                _kill_group(p)
+
+        try:
+            return run_job(job, started)
+        finally:
+            with self._lock:
+                self._procs.difference_update(procs)
+
+    def submit(self, job: Job) -> int:
+        if self._closed:
+            raise ModelfsError("executor is closed")
+        ticket = self._ticket()
+        self._futures[self._pool.submit(self._run, job)] = ticket
+        return ticket
+
+    def pending(self) -> int:
+        return len(self._futures)
+
+    def wait_one(self) -> tuple[int, JobResult]:
+        if not self._futures:
+            raise ModelfsError("no job is pending")
+        done, _ = wait(list(self._futures), return_when=FIRST_COMPLETED)
+        fut = min(done, key=lambda f: self._futures[f])  # deterministic among ties
+        return self._futures.pop(fut), fut.result()
+
+    def close(self) -> None:
+        """Stop: queued jobs are dropped, running ones killed with their process groups."""
+        with self._lock:
+            self._closed = True
+            procs = list(self._procs)
+        for f in self._futures:
+            f.cancel()
+        for p in procs:
+            _kill_group(p)
+        self._pool.shutdown(wait=True)
+        self._futures.clear()
+
+
+def _ray_job(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The Ray task body: one job run in the worker, its result as plain data."""
+    return asdict(run_job(Job(**fields)))
+
+
+class RayExecutor(_Tickets):
+    """Each job a Ray task (`num_cpus` / `num_gpus` from its resources), results by `ray.wait`.
+
+    With `address` (the CLI passes $RAY_ADDRESS) it joins that cluster; otherwise it starts a
+    local instance with `jobs` CPUs on the loopback address only, and shuts it down on close.
+    An instance already running in this process (a test's) is used and left running.
+    """
+
+    def __init__(self, jobs: int = 1, address: str | None = None) -> None:
+        super().__init__()
+        try:
+            import ray
+        except ImportError:
+            raise ModelfsError("the ray executor needs Ray: pip install 'modelfs[ray]'") from None
+        self._ray = ray
+        self._own = False
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=jobs, include_dashboard=False, _node_ip_address="127.0.0.1",
+                         log_to_driver=False, logging_level="WARNING")
+            self._own = True
+        self._task = ray.remote(_ray_job)
+        self._refs: dict[Any, int] = {}
+
+    def submit(self, job: Job) -> int:
+        res = dict(job.resources or {})
+        opts: dict[str, Any] = {"num_cpus": float(res.pop("num_cpus", 1)),
+                                "num_gpus": float(res.pop("num_gpus", 0)),
+                                "max_retries": 0}
+        if res:
+            opts["resources"] = res
+        ticket = self._ticket()
+        self._refs[self._task.options(**opts).remote(asdict(job))] = ticket
+        return ticket
+
+    def pending(self) -> int:
+        return len(self._refs)
+
+    def wait_one(self) -> tuple[int, JobResult]:
+        if not self._refs:
+            raise ModelfsError("no job is pending")
+        (ref,), _ = self._ray.wait(list(self._refs), num_returns=1)
+        ticket = self._refs.pop(ref)
+        try:
+            return ticket, JobResult(**self._ray.get(ref))
+        except self._ray.exceptions.RayError as e:  # the worker died, the task was cancelled
+            return ticket, JobResult(-1, "", f"ray task failed: {e}", 0.0, False)
+
+    def close(self) -> None:
+        for ref in self._refs:
+            with contextlib.suppress(Exception):
+                self._ray.cancel(ref, force=True)
+        self._refs.clear()
+        if self._own and self._ray.is_initialized():
+            self._ray.shutdown()
+        self._own = False
+
+
+register_executor(ExecutorKind("local", LocalExecutor, "subprocesses on this machine, --jobs at a time"))
+register_executor(ExecutorKind("ray", RayExecutor,
+                               "one Ray task per job; $RAY_ADDRESS joins a cluster, else a local instance"))
