@@ -13,9 +13,10 @@ from modelfs.repo.importer import ChunkHints, Progress, StoreSettings, mapped
 from modelfs.repo.maintenance import FsckReport, Maintenance
 from modelfs.repo.repo import Repo
 from modelfs.repo.sources import source_files
+from modelfs.repo.tables import RecordTable
 
 __all__ = ["STAGING_LOCK", "Access", "ChunkHints", "ChunkRecord", "Counters", "Draft", "Drafts",
            "FileEntry", "FileReader", "FileRecord", "FsckReport", "Maintenance", "ModelInfo", "Progress",
-           "Repo", "StoreSettings", "StoredInline", "StoredPart", "StoredTensor", "Version", "make_dir",
-           "mapped", "open_private", "set_file_mode", "source_files", "staging_owner_alive",
+           "RecordTable", "Repo", "StoreSettings", "StoredInline", "StoredPart", "StoredTensor", "Version",
+           "make_dir", "mapped", "open_private", "set_file_mode", "source_files", "staging_owner_alive",
            "store_access"]

@@ -27,6 +27,7 @@ from modelfs.repo.parents import Parents
 from modelfs.repo.reachability import chunk_keys
 from modelfs.repo.recording import Recorder, data_version
 from modelfs.repo.sources import source_files
+from modelfs.repo.tables import RecordTable
 from modelfs.repo.writelock import WriterLock
 from modelfs.store import LmdbStore, ReadTxn, Store
 
@@ -210,23 +211,25 @@ class Repo:
     def import_dir(self, src: str | os.PathLike[str], model: str, parents: list[str] | None = None,
                    how: str | None = None, message: str = "", provenance: Mapping[str, Any] | None = None,
                    infer_parent: bool = True, progress: Progress | None = None,
-                   follow_symlinks: bool = False) -> Version:
+                   follow_symlinks: bool = False, move_head: bool = True) -> Version:
         """Import every regular file under `src` as the next version of `model`.
 
         Symlinks out of `src` are refused before anything is stored (see repo/sources.py).
+        Without `move_head` the version is stored and numbered but the head stays where it was.
         """
         src_path = Path(src)
         if not src_path.is_dir():
             raise NotFound(f"{src_path} is not a directory")
         files = source_files(src_path, follow_symlinks)
         return self.commit_files(model, files, parents=parents, how=how, message=message,
-                                 provenance=provenance, infer_parent=infer_parent, progress=progress)
+                                 provenance=provenance, infer_parent=infer_parent, progress=progress,
+                                 move_head=move_head)
 
     def commit_files(self, model: str, files: Mapping[str, Path], *, parents: list[str] | None = None,
                      how: str | None = None, message: str = "", provenance: Mapping[str, Any] | None = None,
                      infer_parent: bool = True, progress: Progress | None = None,
                      keep: Mapping[str, FileEntry] | None = None,
-                     hints: ChunkHints | None = None) -> Version:
+                     hints: ChunkHints | None = None, move_head: bool = True) -> Version:
         """Commit a new version of `model`: `files` are stored, `keep` entries carried over as they are.
 
         The previous head (if any) is the versioning parent; `parents` are provenance parents.
@@ -269,7 +272,8 @@ class Repo:
                 prov["inferred_parent"] = inferred.ref
             if importer.warnings:
                 prov["warnings"] = importer.warnings
-            v = self._recorder.record(model, entries, records, [d.id for d in derived], how, message, prov)
+            v = self._recorder.record(model, entries, records, [d.id for d in derived], how, message, prov,
+                                      move_head)
         self.last_import_warnings = importer.warnings
         self.last_inferred_parent = inferred
         return v
@@ -304,6 +308,10 @@ class Repo:
                 raw = txn.get("chunks", k)
                 total += len(raw) if raw else 0
         return total
+
+    def table(self, name: str) -> RecordTable:
+        """An ops-owned table of JSON records (tests, results, ...): see repo/tables.py."""
+        return RecordTable(self.store, self._lock, name)
 
     def drafts(self) -> Drafts:
         """Changes staged for models' next versions (the mount's writes, `modelfs derive`)."""

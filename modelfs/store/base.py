@@ -17,6 +17,10 @@ TABLES: tuple[str, ...] = (
     "children",  # parent version id + child version id -> b""
     "tsig",  # tensor signature (name, dtype, shape) + version id -> b""  (parent inference)
     "pending",  # staged-but-uncommitted work (mount snapshot-on-write)
+    "recipes",  # model name -> recipe JSON: how its versions are made from its parents (ops/recipes.py)
+    "cascades",  # cascade id (+ NUL + node) -> plan / finished-node JSON (ops/cascade.py, resumable)
+    "tests",  # test name -> test definition JSON (ops/checks.py: tests run over the lineage)
+    "results",  # test definition hash + NUL + version id -> test result JSON (ops/results.py)
 )
 
 
