@@ -59,8 +59,11 @@ class LineageGraph:
         return [LineageGraph.version(txn, k[len(prefix):].decode()) for k in txn.keys("children", prefix)]
 
     @staticmethod
-    def add_version(txn: WriteTxn, v: Version) -> None:
-        """Record a version with its edges and move the model's head; versions never change."""
+    def add_version(txn: WriteTxn, v: Version, move_head: bool = True) -> None:
+        """Record a version with its edges and move the model's head; versions never change.
+
+        Without `move_head` the version is numbered and reachable but the head stays (a
+        gated cascade stores a version that failed a test beside the good head)."""
         if not txn.put("versions", v.id.encode(), v.to_bytes(), overwrite=False):
             raise NotFound(f"version {v.id} already exists")  # content-derived ids: cannot happen
         txn.put("vnums", _vnum_key(v.model, v.number), v.id.encode())
@@ -68,7 +71,8 @@ class LineageGraph:
             txn.put("children", p.encode() + b"\0" + v.id.encode(), b"")
         info = LineageGraph.model(txn, v.model)
         created = info.created if info else v.time
-        txn.put("models", v.model.encode(), ModelInfo(v.model, v.id, v.number, created).to_bytes())
+        head = v.id if move_head or info is None else info.head
+        txn.put("models", v.model.encode(), ModelInfo(v.model, head, v.number, created).to_bytes())
 
     @staticmethod
     def ancestors(txn: ReadTxn, version_id: str) -> dict[str, int]:

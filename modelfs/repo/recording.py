@@ -45,16 +45,17 @@ class Recorder:
 
     def record(self, model: str, entries: Mapping[str, FileEntry], records: list[FileRecord],
                derived: list[str], how: str | None, message: str,
-               provenance: Mapping[str, Any]) -> Version:
+               provenance: Mapping[str, Any], move_head: bool = True) -> Version:
         """`record_in` in a transaction of its own."""
         with self._store.write() as txn:
-            v = self.record_in(txn, model, entries, records, derived, how, message, provenance)
+            v = self.record_in(txn, model, entries, records, derived, how, message, provenance,
+                               move_head)
         log.info("committed %s (%s)", v.ref, v.id)
         return v
 
     def record_in(self, txn: WriteTxn, model: str, entries: Mapping[str, FileEntry],
                   records: list[FileRecord], derived: list[str], how: str | None,
-                  message: str, provenance: Mapping[str, Any]) -> Version:
+                  message: str, provenance: Mapping[str, Any], move_head: bool = True) -> Version:
         """Write a version, its file records, its index entries and the new head, in `txn`."""
         info = self._graph.model(txn, model)
         number = (info.count if info else 0) + 1
@@ -68,7 +69,7 @@ class Recorder:
         for rec in records:
             txn.put("files", rec.key, rec.to_bytes(), overwrite=False)
         self._index_signatures(txn, v, records)
-        self._graph.add_version(txn, v)
+        self._graph.add_version(txn, v, move_head)
         txn.put("meta", DATA_VERSION_KEY, str(data_version(txn) + 1).encode())
         return v
 
