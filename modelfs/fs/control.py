@@ -19,7 +19,7 @@ from pathlib import Path
 from modelfs import locks
 from modelfs.errors import ModelfsError
 from modelfs.fs.config import MountConfig
-from modelfs.repo.access import make_dir, open_private, store_access
+from modelfs.repo import make_dir, open_private, store_access
 
 FSTYPE = "fuse.modelfs"
 PID_XATTR = "user.modelfs.pid"

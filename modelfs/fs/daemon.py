@@ -34,8 +34,7 @@ from modelfs.fs.config import MountConfig
 from modelfs.fs.draftsync import Recovery, plan_recovery
 from modelfs.fs.ops import Operations
 from modelfs.fs.staging import StagingArea
-from modelfs.repo import Repo
-from modelfs.repo.access import set_file_mode, store_access
+from modelfs.repo import Repo, set_file_mode, store_access
 
 log = logging.getLogger("modelfs.fs")
 

@@ -20,7 +20,7 @@ from modelfs.fs.staging import StagingArea
 from modelfs.lineage import FileEntry, Version
 
 if TYPE_CHECKING:
-    from modelfs.repo.drafts import Drafts
+    from modelfs.repo import Drafts
 
 log = logging.getLogger("modelfs.fs")
 

@@ -13,7 +13,7 @@ from typing import IO
 from modelfs import locks
 from modelfs.fs.staged import Staged, staging_mode
 from modelfs.lineage import FileEntry
-from modelfs.repo.drafts import STAGING_LOCK
+from modelfs.repo import STAGING_LOCK
 
 LOCK_NAME = STAGING_LOCK
 
