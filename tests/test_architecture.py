@@ -1,15 +1,23 @@
 """Architecture rules as tests: the layers of DESIGN.md, checked on the source with `ast`.
 
-- `lmdb` is imported only in modelfs/store/; `pyfuse3` and `trio` only in modelfs/fs/; the
-  test libraries (`pytest`, `hypothesis`) only in the conformance suites, modelfs/testing/;
-  `os.environ` (and getenv/putenv) is touched only in modelfs/cli/.
+The one place these rules live (dulwich's test_source.py style):
+
+- `lmdb` is imported only in modelfs/store/; `pyfuse3` and `trio` only in the mount's
+  adapter (fs/ops.py, fs/boundary.py, fs/daemon.py); the test libraries (`pytest`,
+  `hypothesis`) only in the conformance suites, modelfs/testing/; `os.environ` (and
+  getenv/putenv) is touched only in modelfs/cli/.
 - Imports point down the layers: store imports nothing from modelfs but errors; codecs and
   formats never reach up into repo, lineage, cli or fs; repo never imports cli or fs.
+- No import cycle between modules (lazy imports inside functions count; imports only for
+  type checking do not), no import of another module's private (`_name`) names, and no
+  module over 600 lines.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,7 +78,7 @@ def test_the_package_is_found() -> None:
             "modelfs.cli"} <= names
 
 
-@pytest.mark.parametrize(("library", "allowed"), [("lmdb", "store"), ("pyfuse3", "fs"), ("trio", "fs"),
+@pytest.mark.parametrize(("library", "allowed"), [("lmdb", "store"),
                                                   ("pytest", "testing"), ("hypothesis", "testing")])
 def test_third_party_libraries_stay_in_their_layer(library: str, allowed: str) -> None:
     offenders = [f"{path.relative_to(PKG.parent)}:{line}"
@@ -97,17 +105,17 @@ def test_os_environ_is_read_only_in_the_cli() -> None:
 
 # layer -> modelfs layers it must never import
 FORBIDDEN = {
-    "store": {"codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "remote", "names", "dtypes", "numerics",
+    "store": {"codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "names", "dtypes", "numerics",
               "demo"},
-    "codecs": {"store", "formats", "lineage", "repo", "cli", "fs", "ops", "remote", "demo"},
-    "formats": {"store", "codecs", "lineage", "repo", "cli", "fs", "ops", "remote", "demo"},
-    "lineage": {"codecs", "formats", "repo", "cli", "fs", "ops", "remote", "demo"},
-    "repo": {"cli", "fs", "ops", "remote", "demo"},
-    "errors": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "remote", "demo"},
-    "registry": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "remote", "demo"},
-    "names": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "remote", "demo"},
-    "dtypes": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "remote", "demo"},
-    "numerics": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "remote", "demo"},
+    "codecs": {"store", "formats", "lineage", "repo", "cli", "fs", "ops", "demo"},
+    "formats": {"store", "codecs", "lineage", "repo", "cli", "fs", "ops", "demo"},
+    "lineage": {"codecs", "formats", "repo", "cli", "fs", "ops", "demo"},
+    "repo": {"cli", "fs", "ops", "demo"},
+    "errors": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "demo"},
+    "registry": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "demo"},
+    "names": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "demo"},
+    "dtypes": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "demo"},
+    "numerics": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "demo"},
     "fs": {"cli"},
     "ops": {"cli", "fs"},
 }
@@ -154,3 +162,96 @@ def test_only_tests_import_the_conformance_suites() -> None:
                  for name, path, tree in ALL if layer(name) != "testing"
                  for mod, line in imported_modules(name, tree) if layer(mod) == "testing"]
     assert not offenders, offenders
+
+
+FUSE_ADAPTER = {"modelfs.fs.ops", "modelfs.fs.boundary", "modelfs.fs.daemon"}
+
+
+@pytest.mark.parametrize("library", ["pyfuse3", "trio"])
+def test_pyfuse3_and_trio_only_in_the_mount_adapter(library: str) -> None:
+    offenders = [f"{path.relative_to(PKG.parent)}:{line}"
+                 for name, path, tree in ALL if name not in FUSE_ADAPTER
+                 for mod, line in imported_modules(name, tree) if top(mod) == library]
+    assert not offenders, f"{library} imported outside the mount's adapter: {offenders}"
+
+
+def test_the_cli_does_not_load_pyfuse3_until_it_mounts() -> None:
+    code = ("import sys, modelfs.cli.main, modelfs.fs.control, modelfs.fs.tree, modelfs.fs.core; "
+            "print(sorted(m for m in ('pyfuse3', 'trio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _runtime_imports(name: str, tree: ast.Module) -> Iterator[str]:
+    """Modules of the package a module imports when it runs (not under TYPE_CHECKING)."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    kept = ast.Module(body=[], type_ignores=[])
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in skip:
+            kept.body.append(node)
+    modules = {n for n, _, _ in ALL}
+    for mod, _ in imported_modules(name, kept):
+        if top(mod) == "modelfs":
+            while mod not in modules and "." in mod:  # `from modelfs.repo import Draft`
+                mod = mod.rsplit(".", 1)[0]
+            if mod != name and mod in modules:
+                yield mod
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle a depth-first walk meets (each as a path back to where it started)."""
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                cycles.append(stack[stack.index(m):] + [m])
+            elif m not in state:
+                visit(m)
+        stack.pop()
+        state[n] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n)
+    return cycles
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles() -> None:
+    graph = {name: set(_runtime_imports(name, tree)) for name, _, tree in ALL}
+    # a package's __init__ importing its own modules is how a package is built, not a cycle
+    for name in graph:
+        graph[name] = {m for m in graph[name] if not m.startswith(name + ".")}
+    assert sum(map(len, graph.values())) > 100  # the walk sees the package's imports
+    cycles = find_cycles(graph)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_imports_of_private_names() -> None:
+    offenders = []
+    for _, path, tree in ALL:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("modelfs"):
+                for a in node.names:
+                    if a.name.startswith("_") and not a.name.startswith("__"):
+                        offenders.append(f"{path.relative_to(PKG.parent)}:{node.lineno} "
+                                         f"imports {node.module}.{a.name}")
+    assert not offenders, offenders
+
+
+def test_no_module_over_600_lines() -> None:
+    long = {str(path.relative_to(PKG.parent)): n for _, path, _ in ALL
+            if (n := len(path.read_text().splitlines())) > 600}
+    assert not long, long
