@@ -13,13 +13,18 @@ parent finishes); `run` is the batch form built on them.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import importlib.util
 import os
+import platform
 import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import IO, Any, Protocol
@@ -29,6 +34,12 @@ from modelfs.registry import Registry
 
 TAIL_BYTES = 64 << 10  # what a result keeps of each stream: enough for a traceback
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL of a job that ran out of time
+# The address a local Ray instance advertises and talks over. Not 127.0.0.1: Ray 2.60's
+# ray.init turns "127.0.0.1" (and "localhost") into the machine's network address
+# (services.resolve_ip_for_localhost) and then talks to itself over that interface. Any
+# other 127/8 address is kept as given and is still the loopback interface on Linux.
+# (Ray's gRPC servers listen on every interface whatever this says; nothing here changes that.)
+RAY_LOOPBACK = "127.0.0.2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +60,7 @@ class JobResult:
     stderr: str
     seconds: float
     timed_out: bool
+    runtime: dict[str, str] | None = None  # where it ran: python, torch (when installed), host
 
     @property
     def ok(self) -> bool:
@@ -66,8 +78,9 @@ class Executor(Protocol):
         """Start `job` (or queue it for a free slot); returns its ticket."""
         ...
 
-    def wait_one(self) -> tuple[int, JobResult]:
-        """The next job to finish, by ticket; ModelfsError when none is pending."""
+    def wait_one(self, among: Collection[int] | None = None) -> tuple[int, JobResult]:
+        """The next job to finish (of the tickets `among`, else of all); ModelfsError when
+        none is pending. Callers sharing one executor each wait for their own tickets."""
         ...
 
     def pending(self) -> int: ...
@@ -128,6 +141,16 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def runtime() -> dict[str, str]:
+    """The Python (and torch, when installed) a job ran under, for provenance; no import of torch."""
+    info = {"python": platform.python_version(), "executable": sys.executable,
+            "host": socket.gethostname()}
+    if importlib.util.find_spec("torch") is not None:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            info["torch"] = importlib.metadata.version("torch")
+    return info
+
+
 def run_job(job: Job, started: Callable[[subprocess.Popen[bytes]], None] | None = None) -> JobResult:
     """Run one job to its end or its timeout; the process group dies with a timeout.
 
@@ -140,7 +163,7 @@ def run_job(job: Job, started: Callable[[subprocess.Popen[bytes]], None] | None 
             proc = subprocess.Popen(_argv(job), cwd=job.cwd, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=err, start_new_session=True)
         except OSError as e:  # a missing cwd, no bash: the job failed, the caller goes on
-            return JobResult(127, "", f"could not start: {e}", time.monotonic() - t0, False)
+            return JobResult(127, "", f"could not start: {e}", time.monotonic() - t0, False, runtime())
         if started is not None:
             started(proc)
         timed_out = False
@@ -155,7 +178,7 @@ def run_job(job: Job, started: Callable[[subprocess.Popen[bytes]], None] | None 
                 _kill_group(proc)
                 proc.wait()
         seconds = time.monotonic() - t0
-        return JobResult(proc.returncode, _tail(out), _tail(err), seconds, timed_out)
+        return JobResult(proc.returncode, _tail(out), _tail(err), seconds, timed_out, runtime())
 
 
 class _Tickets:
@@ -172,16 +195,14 @@ class _Tickets:
     def submit(self, job: Job) -> int:  # pragma: no cover - every executor defines it
         raise NotImplementedError
 
-    def wait_one(self) -> tuple[int, JobResult]:  # pragma: no cover
+    def wait_one(self, among: Collection[int] | None = None) -> tuple[int, JobResult]:  # pragma: no cover
         raise NotImplementedError
 
     def run(self, jobs: Sequence[Job]) -> Iterator[tuple[int, JobResult]]:
         index = {self.submit(j): i for i, j in enumerate(jobs)}
         while index:
-            ticket, result = self.wait_one()
-            i = index.pop(ticket, None)
-            if i is not None:
-                yield i, result
+            ticket, result = self.wait_one(index)
+            yield index.pop(ticket), result
 
 
 class LocalExecutor(_Tickets):
@@ -223,10 +244,11 @@ class LocalExecutor(_Tickets):
     def pending(self) -> int:
         return len(self._futures)
 
-    def wait_one(self) -> tuple[int, JobResult]:
-        if not self._futures:
+    def wait_one(self, among: Collection[int] | None = None) -> tuple[int, JobResult]:
+        mine = [f for f, t in self._futures.items() if among is None or t in among]
+        if not mine:
             raise ModelfsError("no job is pending")
-        done, _ = wait(list(self._futures), return_when=FIRST_COMPLETED)
+        done, _ = wait(mine, return_when=FIRST_COMPLETED)
         fut = min(done, key=lambda f: self._futures[f])  # deterministic among ties
         return self._futures.pop(fut), fut.result()
 
@@ -241,6 +263,14 @@ class LocalExecutor(_Tickets):
             _kill_group(p)
         self._pool.shutdown(wait=True)
         self._futures.clear()
+
+
+def start_local_ray(num_cpus: int) -> None:
+    """A private Ray instance on the loopback address (RAY_LOOPBACK), no dashboard."""
+    import ray
+
+    ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address=RAY_LOOPBACK,
+             log_to_driver=False, logging_level="WARNING")
 
 
 def _ray_job(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -268,8 +298,7 @@ class RayExecutor(_Tickets):
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
-                ray.init(num_cpus=jobs, include_dashboard=False, _node_ip_address="127.0.0.1",
-                         log_to_driver=False, logging_level="WARNING")
+                start_local_ray(jobs)
             self._own = True
         self._task = ray.remote(_ray_job)
         self._refs: dict[Any, int] = {}
@@ -288,15 +317,16 @@ class RayExecutor(_Tickets):
     def pending(self) -> int:
         return len(self._refs)
 
-    def wait_one(self) -> tuple[int, JobResult]:
-        if not self._refs:
+    def wait_one(self, among: Collection[int] | None = None) -> tuple[int, JobResult]:
+        mine = [r for r, t in self._refs.items() if among is None or t in among]
+        if not mine:
             raise ModelfsError("no job is pending")
-        (ref,), _ = self._ray.wait(list(self._refs), num_returns=1)
+        (ref,), _ = self._ray.wait(mine, num_returns=1)
         ticket = self._refs.pop(ref)
         try:
             return ticket, JobResult(**self._ray.get(ref))
         except self._ray.exceptions.RayError as e:  # the worker died, the task was cancelled
-            return ticket, JobResult(-1, "", f"ray task failed: {e}", 0.0, False)
+            return ticket, JobResult(-1, "", f"ray task failed: {e}", 0.0, False, None)
 
     def close(self) -> None:
         for ref in self._refs:

@@ -1,0 +1,163 @@
+"""Executors run real commands: the local pool and a real local Ray instance (loopback only)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelfs.errors import ModelfsError
+from modelfs.ops.executors import (
+    Executor,
+    ExecutorKind,
+    Job,
+    LocalExecutor,
+    get_executor,
+    register_executor,
+    registered_executors,
+    start_local_ray,
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is gone for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _order(ex: Executor, jobs: list[Job]) -> list[int]:
+    return [i for i, _ in ex.run(jobs)]
+
+
+def test_results_come_as_each_job_finishes() -> None:
+    ex = get_executor("local", jobs=2)
+    try:
+        t0 = time.monotonic()
+        out = list(ex.run([Job("sleep 0.6; echo slow", 10), Job("echo fast; echo err >&2; exit 3", 10)]))
+        assert [i for i, _ in out] == [1, 0]  # the fast one first, though submitted second
+        fast, slow = out[0][1], out[1][1]
+        assert (fast.exit_code, fast.stdout, fast.stderr, fast.timed_out) == (3, "fast\n", "err\n", False)
+        assert slow.ok and slow.stdout == "slow\n" and slow.seconds >= 0.5
+        assert time.monotonic() - t0 < 2.0  # in parallel, two slots
+        assert fast.runtime is not None and fast.runtime["python"]
+        assert fast.last_lines(1) == ["err"]
+    finally:
+        ex.close()
+
+
+def test_jobs_slots_limit_how_many_run_at_once(tmp_path: Path) -> None:
+    ex = get_executor("local", jobs=1)
+    try:
+        t0 = time.monotonic()
+        assert _order(ex, [Job("sleep 0.3", 10), Job("sleep 0.3", 10)]) == [0, 1]
+        assert time.monotonic() - t0 >= 0.55  # one after the other
+    finally:
+        ex.close()
+
+
+def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    ex = get_executor("local", jobs=1)
+    try:
+        t0 = time.monotonic()
+        ((_, r),) = ex.run([Job(f"sleep 30 & echo $! > {pidfile}; wait", 0.5)])
+        assert r.timed_out and not r.ok and r.exit_code < 0
+        assert time.monotonic() - t0 < 5
+        pid = int(pidfile.read_text())
+        deadline = time.monotonic() + 3
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), "the timed-out job's background child survived"
+    finally:
+        ex.close()
+
+
+def test_env_cwd_and_a_long_output_tail(tmp_path: Path) -> None:
+    ex = get_executor("local")
+    try:
+        jobs = [Job("echo $GREETING; pwd", 10, cwd=str(tmp_path), env={"GREETING": "hi there"}),
+                Job("python3 -c \"print('x' * 200_000)\"; echo END", 10),
+                Job("true", 10, cwd=str(tmp_path / "missing"))]
+        res = dict(ex.run(jobs))
+        assert res[0].stdout == f"hi there\n{tmp_path}\n"
+        assert len(res[1].stdout) <= 64 << 10 and res[1].stdout.endswith("END\n")
+        assert res[2].exit_code == 127 and "could not start" in res[2].stderr
+    finally:
+        ex.close()
+
+
+def test_a_shared_executor_hands_each_caller_its_own_results() -> None:
+    ex = LocalExecutor(jobs=2)
+    try:
+        other = ex.submit(Job("sleep 0.1; echo other", 10))  # finishes first, not ours
+        assert [r.stdout for _, r in ex.run([Job("sleep 0.4; echo mine", 10)])] == ["mine\n"]
+        ticket, r = ex.wait_one()  # still there for its own caller
+        assert (ticket, r.stdout, ex.pending()) == (other, "other\n", 0)
+    finally:
+        ex.close()
+
+
+def test_close_kills_running_jobs(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    ex = get_executor("local", jobs=1)
+    ex.submit(Job(f"echo $$ > {pidfile}; exec sleep 30", 60))
+    deadline = time.monotonic() + 5
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    ex.close()
+    assert not _alive(int(pidfile.read_text()))
+    with pytest.raises(ModelfsError, match="closed"):
+        ex.submit(Job("true", 1))
+
+
+def test_the_registry_names_executors_and_takes_plug_ins() -> None:
+    assert {"local", "ray"} <= set(registered_executors())
+    with pytest.raises(ModelfsError, match="unknown executor 'nope'"):
+        get_executor("nope")
+    with pytest.raises(ModelfsError, match="at least 1"):
+        get_executor("local", jobs=0)
+    kind = register_executor(ExecutorKind("test-serial", lambda jobs: LocalExecutor(1)))
+    ex = get_executor(kind.name, jobs=4)
+    try:
+        assert isinstance(ex, LocalExecutor) and ex.jobs == 1
+    finally:
+        ex.close()
+
+
+# -- Ray: one real local instance for the module, on loopback --------------------------------
+@pytest.fixture(scope="module")
+def ray_instance() -> Iterator[Any]:
+    ray = pytest.importorskip("ray")
+    start_local_ray(2)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def test_ray_runs_jobs_as_tasks_and_returns_them_as_they_finish(ray_instance: Any) -> None:
+    ex = get_executor("ray", jobs=2)
+    try:
+        out = list(ex.run([Job("sleep 1.0; echo slow", 30), Job("echo fast; exit 4", 30,
+                                                                 resources={"num_cpus": 1})]))
+        assert [i for i, _ in out] == [1, 0]
+        assert (out[0][1].exit_code, out[0][1].stdout) == (4, "fast\n")
+        assert out[1][1].ok and out[1][1].stdout == "slow\n"
+        ((_, r),) = ex.run([Job("sleep 20", 0.5)])
+        assert r.timed_out
+        (node,) = ray_instance.nodes()  # Ray talks to itself over loopback, not the network
+        assert ipaddress.ip_address(node["NodeManagerAddress"]).is_loopback
+    finally:
+        ex.close()
+    assert ray_instance.is_initialized()  # a running instance is used and left to its owner
