@@ -75,6 +75,14 @@ class LineageGraph:
         txn.put("models", v.model.encode(), ModelInfo(v.model, head, v.number, created).to_bytes())
 
     @staticmethod
+    def set_head(txn: WriteTxn, model: str, version_id: str) -> None:
+        """Point a model's head at one of its versions (numbers and counts stay as they are)."""
+        info = LineageGraph.model(txn, model)
+        if info is None:
+            raise NotFound(f"unknown model {model!r}")
+        txn.put("models", model.encode(), ModelInfo(model, version_id, info.count, info.created).to_bytes())
+
+    @staticmethod
     def ancestors(txn: ReadTxn, version_id: str) -> dict[str, int]:
         """Every ancestor (the version included) with its distance, breadth first."""
         dist = {version_id: 0}

@@ -16,6 +16,7 @@ from typing import Any
 
 import blake3
 
+from modelfs.errors import Conflict
 from modelfs.lineage import FileEntry, LineageGraph, Version
 from modelfs.repo.files import FileRecord
 from modelfs.store import ReadTxn, Store, WriteTxn
@@ -71,6 +72,21 @@ class Recorder:
         self._index_signatures(txn, v, records)
         self._graph.add_version(txn, v, move_head)
         txn.put("meta", DATA_VERSION_KEY, str(data_version(txn) + 1).encode())
+        return v
+
+    def advance_head(self, version_id: str) -> Version:
+        """Make a version stored beside the head (``move_head=False``) the head, if the head is
+        still the version it was built on; otherwise Conflict and nothing changes."""
+        with self._store.write() as txn:
+            v = self._graph.version(txn, version_id)
+            info = self._graph.model(txn, v.model)
+            head = info.head if info else None
+            if head != v.id:
+                if head != v.previous:
+                    raise Conflict(f"{v.model}'s head moved on since {v.ref} was stored beside it: "
+                                   "the head was left where it is")
+                self._graph.set_head(txn, v.model, v.id)
+                txn.put("meta", DATA_VERSION_KEY, str(data_version(txn) + 1).encode())
         return v
 
     @staticmethod

@@ -278,6 +278,12 @@ class Repo:
         self.last_inferred_parent = inferred
         return v
 
+    def advance_head(self, version_id: str) -> Version:
+        """Move the head to a version committed with ``move_head=False`` (a gated cascade's
+        version whose tests passed), if the head is still the one it was built on."""
+        with self._lock.hold():
+            return self._recorder.advance_head(version_id)
+
     # -- parent inference --------------------------------------------------------------------
     def infer_parent(self, files: Mapping[str, Path]) -> Version | None:
         """The version sharing the most tensors with `files` (see `Parents.infer`), or None."""
