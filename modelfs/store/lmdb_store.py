@@ -26,15 +26,19 @@ def _code(e: lmdb.Error) -> int:
 
 
 class _LmdbTxn:
-    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, object]) -> None:
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, object | None]) -> None:
         self._txn = txn
         self._dbs = dbs
 
     def get(self, table: str, key: bytes) -> bytes | None:
-        return self._txn.get(key, db=self._dbs[table])
+        db = self._dbs[table]
+        return None if db is None else self._txn.get(key, db=db)
 
     def items(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        cur = self._txn.cursor(db=self._dbs[table])
+        db = self._dbs[table]
+        if db is None:  # a table newer than this read-only store: empty
+            return
+        cur = self._txn.cursor(db=db)
         if not cur.set_range(prefix):
             return
         for k, v in cur:
@@ -43,7 +47,10 @@ class _LmdbTxn:
             yield k, v
 
     def keys(self, table: str, prefix: bytes = b"") -> Iterator[bytes]:
-        cur = self._txn.cursor(db=self._dbs[table])
+        db = self._dbs[table]
+        if db is None:
+            return
+        cur = self._txn.cursor(db=db)
         if not cur.set_range(prefix):
             return
         for k in cur.iternext(keys=True, values=False):
@@ -81,14 +88,23 @@ class LmdbStore:
                 raise StoreReadOnly(f"store {self.path} is read-only ({e})") from e
             raise ModelfsError(f"cannot open store at {self.path}: {e}") from e
         try:
-            self._dbs = {t: self.env.open_db(t.encode(), create=not readonly) for t in TABLES}
-        except lmdb.NotFoundError:
-            self.env.close()
-            raise ModelfsError(f"store {self.path} lacks a table this modelfs needs: "
-                               "open it once where it is writable") from None
+            self._dbs = {t: self._open_table(t, readonly) for t in TABLES}
         except lmdb.Error as e:
             self.env.close()
             raise self._write_error(e) from e
+
+    def _open_table(self, table: str, readonly: bool) -> object | None:
+        """A table's database; None for a table a read-only (older) store has not got yet.
+
+        A writable store gets every table made on open, so an old store keeps working; a
+        read-only one reads the tables it has and shows the newer ones empty.
+        """
+        try:
+            return self.env.open_db(table.encode(), create=not readonly)
+        except lmdb.NotFoundError:
+            if not readonly:
+                raise
+            return None
 
     @contextmanager
     def read(self) -> Iterator[_LmdbTxn]:

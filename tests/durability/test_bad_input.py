@@ -16,7 +16,6 @@ import json
 import os
 import stat
 import struct
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,9 +115,11 @@ def tiny_tensors(n: int, name: Callable[[int], str]) -> bytes:
 
 
 @pytest.mark.parametrize("case", ["header_over_the_limit", "tensors_over_the_limit"])
-def test_headers_past_the_limits_become_byte_exact_blobs_quickly(tmp_path: Path, case: str,
-                                                                blake3_of_dir: Blake) -> None:
-    """The issue's file (500,000 tiny tensors, 34 MB) took 38.5 s and 1.6 GB to store."""
+def test_headers_past_the_limits_become_byte_exact_blobs(tmp_path: Path, case: str,
+                                                        blake3_of_dir: Blake) -> None:
+    """The issue's file (500,000 tiny tensors, 34 MB) took 38.5 s and 1.6 GB to store: past
+    the limits a file is one blob, so its work is bounded by its size (docs/durability.md
+    gives the measured times; timing is for benchmarks, not tests)."""
     if case == "header_over_the_limit":
         data = tiny_tensors(500_000, lambda i: f"model.layers.{i // 1000}.experts.{i % 1000}.scale")
         assert len(data) - 4 * 500_000 > MAX_HEADER
@@ -129,14 +130,11 @@ def test_headers_past_the_limits_become_byte_exact_blobs_quickly(tmp_path: Path,
     src.mkdir()
     (src / "many.safetensors").write_bytes(data)
     with Repo.init(tmp_path / "store") as repo:
-        t0 = time.monotonic()
         v = repo.import_dir(src, "many")
-        took = time.monotonic() - t0
         assert v.files["many.safetensors"].format == "blob"
         assert any("many.safetensors" in w for w in repo.last_import_warnings)
         repo.export("many", tmp_path / "out")
     assert blake3_of_dir(tmp_path / "out") == blake3_of_dir(src)
-    assert took < 10, f"storing took {took:.1f}s"
 
 
 # -- 6. symlinks ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 
 from modelfs.errors import StoreFull, StoreIOError, StoreReadOnly
 from modelfs.store import LmdbStore
+from modelfs.store.base import TABLES
 
 MiB = 1 << 20
 
@@ -98,3 +99,25 @@ def test_a_store_on_a_read_only_disk_opens_read_only_and_refuses_writes(disk: Pa
         assert e.value.errno == errno.EROFS
     finally:
         ro.close()
+
+
+def test_a_read_only_store_older_than_a_table_reads_it_as_empty(tmp_path: Path) -> None:
+    """A store written before a table existed, opened read-only, still answers every read."""
+    s = LmdbStore(tmp_path / "s", create=True)
+    with s.write() as txn:
+        txn.put("meta", b"k", b"v")
+    s.close()
+    env = lmdb.open(str(tmp_path / "s"), max_dbs=len(TABLES) + 4)
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(TABLES[-1].encode(), txn=txn), delete=True)  # as if never made
+    env.close()
+    ro = LmdbStore(tmp_path / "s", readonly=True)
+    with ro.read() as txn:
+        assert txn.get("meta", b"k") == b"v"
+        assert txn.get(TABLES[-1], b"x") is None and list(txn.items(TABLES[-1])) == []
+        assert list(txn.keys(TABLES[-1])) == []
+    ro.close()
+    rw = LmdbStore(tmp_path / "s")  # opened writable, the missing table is made
+    with rw.write() as txn:
+        txn.put(TABLES[-1], b"x", b"1")
+    rw.close()
