@@ -45,18 +45,23 @@ def log(ctx: click.Context, model: str, as_json: bool) -> None:
 @click.pass_context
 def lineage(ctx: click.Context, dot: bool, svg: Path | None, as_json: bool) -> None:
     """The whole lineage graph: every model and version with its parents."""
+    from modelfs.ops.results import status_by_version
+
     with open_repo(ctx) as repo:
         versions = repo.all_versions()
+        status = status_by_version(repo)  # {} until tests have run: the pictures are as before
     if as_json:
-        click.echo(json.dumps([{"id": v.id, "ref": v.ref, "parents": list(v.parents), "how": v.how}
+        click.echo(json.dumps([{"id": v.id, "ref": v.ref, "parents": list(v.parents), "how": v.how,
+                                **({"tests": dict(zip(("passed", "failed"), status[v.id], strict=True))}
+                                   if v.id in status else {})}
                                for v in versions], indent=1))
     elif svg:
-        svg.write_text(lineage_svg(versions))
+        svg.write_text(lineage_svg(versions, status))
         click.echo(f"wrote {svg}")
     elif dot:
         click.echo(lineage_dot(versions), nl=False)
     else:
-        for line in lineage_tree(versions) or ["(empty store)"]:
+        for line in lineage_tree(versions, status) or ["(empty store)"]:
             click.echo(line)
 
 

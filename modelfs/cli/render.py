@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from modelfs.lineage import Version
 
@@ -21,8 +21,16 @@ def _label(v: Version) -> str:
     return f"{v.ref} {v.id[:10]}{how}{msg}"
 
 
-def lineage_tree(versions: Iterable[Version]) -> list[str]:
-    """Each version under its first parent; versions with more parents list the others."""
+def test_badge(passed: int, failed: int) -> str:
+    """A version's test status: how many tests pass and fail on it (`modelfs test run`)."""
+    return f"✓{passed}" + (f" ✗{failed}" if failed else "")
+
+
+def lineage_tree(versions: Iterable[Version], status: Mapping[str, tuple[int, int]] | None = None) -> list[str]:
+    """Each version under its first parent; versions with more parents list the others.
+
+    `status`: version id -> (tests passed, failed), shown after a version that has results.
+    """
     vs = {v.id: v for v in versions}
     kids: dict[str | None, list[Version]] = {}
     for v in sorted(vs.values(), key=lambda v: v.time):
@@ -33,6 +41,8 @@ def lineage_tree(versions: Iterable[Version]) -> list[str]:
     def walk(v: Version, prefix: str, last: bool, root: bool) -> None:
         others = [vs[p].ref for p in v.parents[1:] if p in vs]
         extra = f"  (+ parents {', '.join(others)})" if others else ""
+        if status and v.id in status:
+            extra += f"  [tests {test_badge(*status[v.id])}]"
         lines.append(("" if root else prefix + ("└── " if last else "├── ")) + _label(v) + extra)
         children = kids.get(v.id, [])
         for i, c in enumerate(children):
@@ -67,10 +77,11 @@ def _esc(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
-def lineage_svg(versions: Iterable[Version]) -> str:
+def lineage_svg(versions: Iterable[Version], status: Mapping[str, tuple[int, int]] | None = None) -> str:
     """A layered picture of the graph with no external tool: one row per generation.
 
-    Solid arrows are provenance edges, dashed ones versioning edges; each box says how.
+    Solid arrows are provenance edges, dashed ones versioning edges; each box says how, and
+    with `status` (version id -> tests passed, failed) its test results, red when one fails.
     """
     vs = sorted(versions, key=lambda v: v.time)
     ids = {v.id for v in vs}
@@ -104,7 +115,12 @@ def lineage_svg(versions: Iterable[Version]) -> str:
             out.append(f'<line x1="{ax}" y1="{ay}" x2="{bx}" y2="{by}" stroke="#444"{dash} marker-end="url(#a)"/>')
     for v in vs:
         x, y = pos[v.id]
-        out.append(f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="6" fill="#eef4ff" stroke="#335"/>')
+        passed, failed = (status or {}).get(v.id, (0, 0))
+        fill, stroke = ("#ffecec", "#a22") if failed else ("#eef4ff", "#335")
+        out.append(f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="6" fill="{fill}" stroke="{stroke}"/>')
+        if passed or failed:
+            out.append(f'<text x="{x + box_w - 8}" y="{y + 18}" text-anchor="end" class="tests" '
+                       f'fill="{"#a22" if failed else "#262"}">{test_badge(passed, failed)}</text>')
         out.append(f'<text x="{x + 8}" y="{y + 18}" font-weight="bold">{_esc(v.ref)}</text>')
         out.append(f'<text x="{x + 8}" y="{y + 35}" fill="#555">{v.id[:10]} {_esc(v.how or "")}</text>')
     out.append("</svg>")
