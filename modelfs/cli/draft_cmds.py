@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,9 +16,22 @@ from modelfs.repo import Repo
 @click.argument("parent")
 @click.argument("new")
 @click.option("--how", default="derive", help="How NEW is derived from PARENT (finetune, lora, ...).")
+@click.option("--recipe", "recipe_cmd", metavar="CMD",
+              help="Make NEW@1 now by this command ({parent} {out} ...), kept as NEW's recipe.")
+@click.option("--input", "inputs", multiple=True, type=click.Path(path_type=Path),
+              help="With --recipe: a data file it reads (blake3 recorded; repeatable).")
+@click.option("--timeout", type=float, default=None, help="With --recipe: seconds before it is killed.")
 @click.pass_context
-def derive(ctx: click.Context, parent: str, new: str, how: str) -> None:
-    """Start model NEW from PARENT[@N]: its directory in the mount shows PARENT's files at once."""
+def derive(ctx: click.Context, parent: str, new: str, how: str, recipe_cmd: str | None,
+           inputs: tuple[Path, ...], timeout: float | None) -> None:
+    """Start model NEW from PARENT[@N]: its directory in the mount shows PARENT's files at once.
+
+    With --recipe, NEW@1 is made at once by running the recipe on PARENT's files."""
+    if recipe_cmd is not None:
+        from modelfs.cli.recipe_cmds import derive_by_recipe
+
+        derive_by_recipe(ctx, parent, new, how, recipe_cmd, inputs, timeout)
+        return
     with open_repo(ctx) as repo:
         p = repo.drafts().derive(parent, new, how=how)
     click.echo(f"{new} derived from {p.ref}; write into <mount>/{new}/ and it commits as {new}@1")

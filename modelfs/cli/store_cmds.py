@@ -52,11 +52,25 @@ def init(ctx: click.Context, shared: bool) -> None:
 @click.option("--updates", "updates", metavar="TYPES",
               help="Detect update types against the parent, comma-separated (sparse,lowrank), and "
                    "store matching tensors as such.")
+@click.option("--recipe", "recipe_cmd", metavar="CMD",
+              help="How MODEL's versions are made from its parents ({parent} {out} ...): kept as its "
+                   "recipe, re-run by `modelfs update`.")
+@click.option("--input", "inputs", multiple=True, type=click.Path(path_type=Path),
+              help="With --recipe: a data file it reads (blake3 recorded; repeatable).")
 @click.pass_context
 def import_(ctx: click.Context, src: Path | None, model: str, parents: tuple[str, ...], how: str | None,
             message: str, provenance: str | None, no_infer: bool, follow_symlinks: bool,
-            as_json: bool, lora: Path | None, updates: str | None) -> None:
+            as_json: bool, lora: Path | None, updates: str | None, recipe_cmd: str | None,
+            inputs: tuple[Path, ...]) -> None:
     """Import the checkpoint directory SRC as a new version of MODEL."""
+    if recipe_cmd is not None:
+        from modelfs.cli.recipe_cmds import check_recipe_options
+
+        check_recipe_options(recipe_cmd, inputs)  # before anything is stored
+        if lora is not None or updates is not None:
+            raise ModelfsError("--recipe cannot be combined with --lora or --updates")
+    elif inputs:
+        raise ModelfsError("--input names a recipe's data files: give --recipe too")
     if lora is not None or updates is not None:
         _import_with_updates(ctx, lora, updates, src=src, model=model, parents=parents, how=how,
                              message=message, provenance=provenance, as_json=as_json,
@@ -73,9 +87,15 @@ def import_(ctx: click.Context, src: Path | None, model: str, parents: tuple[str
     if not isinstance(prov, dict):
         raise ModelfsError(f"--provenance must be a JSON object such as '{{\"lr\": 1e-4}}', not {provenance}")
     with open_repo(ctx) as repo, progress(_dir_size(src), f"import {model}") as tick:
+        if recipe_cmd is not None:
+            prov["recipe_cmd"] = recipe_cmd
         v = repo.import_dir(src, model, parents=list(parents), how=how, message=message,
                             provenance=prov, infer_parent=not no_infer, progress=tick,
                             follow_symlinks=follow_symlinks)
+        if recipe_cmd is not None:
+            from modelfs.cli.recipe_cmds import record_import_recipe
+
+            record_import_recipe(repo, model, recipe_cmd, inputs)
         for w in repo.last_import_warnings:
             click.echo(f"warning: {w}", err=True)
         inferred = repo.last_inferred_parent
