@@ -161,3 +161,28 @@ def test_ray_runs_jobs_as_tasks_and_returns_them_as_they_finish(ray_instance: An
     finally:
         ex.close()
     assert ray_instance.is_initialized()  # a running instance is used and left to its owner
+
+
+def test_a_cascade_runs_its_recipes_as_ray_tasks(ray_instance: Any, tmp_path: Path) -> None:
+    from recipehelp import build_lineage, new_base, scripts
+
+    from modelfs.cli.version_dirs import MountedVersions
+    from modelfs.ops.cascade import make_plan
+    from modelfs.ops.cascade_run import run_cascade
+
+    s = scripts(tmp_path)
+    lin = build_lineage(tmp_path, {"ft": (["base"], s.train_cmd()), "sib": (["base"], s.train_cmd("--seed", "2")),
+                                   "avg": (["ft", "sib"], s.merge_cmd())})
+    new_base(lin)
+    ex = get_executor("ray", jobs=2)
+    try:
+        with MountedVersions(lin.store) as dirs:
+            rep = run_cascade(lin.repo, make_plan(lin.repo, "base"), dirs, ex, executor_name="ray",
+                              run_tests=False)
+        assert rep.failed == [] and lin.s.runs() == {"ft": 1, "sib": 1, "avg": 1}
+        avg = lin.repo.resolve("avg")
+        assert avg.derived_from == (lin.repo.resolve("ft@2").id, lin.repo.resolve("sib@2").id)
+        assert avg.provenance["recipe"]["executor"] == "ray"
+    finally:
+        ex.close()
+        lin.repo.close()
