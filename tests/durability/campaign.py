@@ -33,6 +33,7 @@ actions and data, not their timing: replay a failure with the same seed and dura
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -974,14 +975,26 @@ class Importer(Actor):
         if not done:
             return
         model, n, manifest = self.rng.choice(done)
-        epoch, mnt = self.ctl.current()
-        d = mnt / f"{model}@{n}"
-        try:
-            got = {p.relative_to(d).as_posix(): observe(p) for p in sorted(d.rglob("*"))
-                   if p.is_file()}
-        except OSError as e:
-            if not self.ctl.disturbed(epoch):
-                self.o.violation(self.name, f"reading {model}@{n} through the mount: {e!r}")
+        for attempt in range(6):  # a busy daemon may take a while to see a new model
+            epoch, mnt = self.ctl.current()
+            d = mnt / f"{model}@{n}"
+            try:
+                if not d.is_dir():
+                    raise FileNotFoundError(errno.ENOENT, "not shown (yet)", str(d))
+                got = {p.relative_to(d).as_posix(): observe(p) for p in sorted(d.rglob("*"))
+                       if p.is_file()}
+                break
+            except FileNotFoundError as e:
+                if attempt == 5 and not self.ctl.disturbed(epoch):
+                    self.o.violation(self.name, f"{model}@{n}, imported, is not in the mount "
+                                     f"after 5s more: {e!r}")
+                    return
+                time.sleep(1.0)
+            except OSError as e:
+                if not self.ctl.disturbed(epoch):
+                    self.o.violation(self.name, f"reading {model}@{n} through the mount: {e!r}")
+                return
+        else:
             return
         if self.ctl.disturbed(epoch):
             return
