@@ -188,7 +188,7 @@ def _print_report(rep: Any) -> None:
             click.echo(f"{n.model}: {st.ref} from {', '.join(st.inputs)} in {st.seconds:.1f} s{tests}"
                        + ("" if st.head_moved else " (not made the head: it moved meanwhile)"))
         elif st.state in ("failed", "gated"):
-            click.echo(f"FAILED {n.model}: {st.error}{tests}")
+            click.echo(f"FAILED {n.model}: {(st.error or '').removeprefix(n.model + ': ')}{tests}")
             for line in st.tail:
                 click.echo(f"    | {line}")
         else:

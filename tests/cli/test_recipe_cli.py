@@ -98,7 +98,7 @@ def test_update_dry_run_then_run_and_a_failure_report(lin: Lineage, cli: Callabl
     Recipes(lin.repo).set("ft2", lin.s.train_cmd("--fail"))
     r = cli("update", "base", "-j", "2", store=lin.store)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "FAILED ft2: ft2: recipe exited with status 3" in r.stdout
+    assert "FAILED ft2: recipe exited with status 3" in r.stdout
     assert "    | training ft2: loss is nan at step 1" in r.stdout
     assert "2 updated, 1 failed" in r.stdout
     assert lin.s.runs() == {"ft": 1, "avg": 1}
