@@ -1,7 +1,8 @@
 """Assemble docs/benchmarks.md from the sections the benchmark scripts write.
 
 Each benchmark writes its own section (docs/benchmarks-storage.md from bench_storage.py,
-docs/benchmarks-mount.md from bench_mount.py, docs/benchmarks-ops.md from bench_ops.py) and
+docs/benchmarks-mount.md from bench_mount.py, docs/benchmarks-ops.md from bench_ops.py,
+docs/benchmarks-lineage-ops.md from bench_lineage_ops.py) and
 JSON under bench-out/; this joins them under one page with the summary of targets, which is
 kept in docs/benchmarks-summary.md and written by hand from those numbers.
 """
@@ -12,7 +13,8 @@ import sys
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-SECTIONS = ("benchmarks-summary.md", "benchmarks-storage.md", "benchmarks-mount.md", "benchmarks-ops.md")
+SECTIONS = ("benchmarks-summary.md", "benchmarks-storage.md", "benchmarks-mount.md", "benchmarks-ops.md",
+            "benchmarks-lineage-ops.md")
 
 
 def main() -> int:
