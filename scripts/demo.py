@@ -115,6 +115,10 @@ def main() -> int:
         sh(f"ls -l {mnt}/.lineage/minilm-ft@4/parents")
     finally:
         run("umount", str(mnt), env=env)
+
+    from demo_checks import tests_and_bisect  # beside this script, on sys.path
+
+    tests_and_bisect(work, env)  # a test run over the lineage, a regression found by bisect
     print(f"\ndemo done; store and lineage in {work}")
     return 0
 

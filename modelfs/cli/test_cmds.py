@@ -7,50 +7,15 @@ known starts nothing). The ops modules load only when their command runs.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import click
 
 from modelfs.cli.app import open_repo
-from modelfs.cli.version_dirs import MountedVersions
-from modelfs.repo import Version
+from modelfs.cli.run_support import LazyVersions, executor_for
 
 TIMEOUT_HELP = "Seconds a run may take before it is killed and recorded as a failure"
-
-
-class LazyMount:
-    """A ``VersionDirs`` that mounts the store on the first path asked for, not before."""
-
-    def __init__(self, store: Path) -> None:
-        self._mounted = MountedVersions(store)
-        self._stack = contextlib.ExitStack()
-        self._open = False
-
-    def path(self, version: Version) -> Path:
-        if not self._open:
-            self._stack.enter_context(self._mounted)
-            self._open = True
-        return self._mounted.path(version)
-
-    def __enter__(self) -> LazyMount:
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._stack.close()
-
-
-def _executor(name: str, jobs: int) -> Any:
-    """The named executor; the ray one joins $RAY_ADDRESS when it is set (read here, in the CLI)."""
-    from modelfs.ops.executors import get_executor
-
-    address = os.environ.get("RAY_ADDRESS") if name == "ray" else None
-    return get_executor(name, jobs, **({"address": address} if address else {}))
 
 
 def _num(x: Any) -> str:
@@ -162,9 +127,9 @@ def run_command(ctx: click.Context, names: tuple[str, ...], under: str | None, r
         wref = max(len(v.ref) for _, v in todo)
         wtest = max(len(c.name) for c, _ in todo)
         outcomes = []
-        ex = _executor(executor, jobs)
+        ex = executor_for(executor, jobs)
         try:
-            with LazyMount(ctx.find_root().obj["store"]) as dirs:
+            with LazyVersions(ctx.find_root().obj["store"]) as dirs:
                 for o in Runner(repo, dirs, ex, jobs, timeout).run(todo, force):
                     outcomes.append(o)
                     if not as_json:
@@ -243,9 +208,9 @@ def bisect_command(ctx: click.Context, test: str, ref: str, good: str | None, pa
         v = repo.resolve(ref)
         g = repo.resolve(good) if good else None
         path = given_path(repo, v, path_refs, g) if path_refs else ancestry(repo, v, g)
-        ex = _executor(executor, 1)
+        ex = executor_for(executor, 1)
         try:
-            with LazyMount(ctx.find_root().obj["store"]) as dirs:
+            with LazyVersions(ctx.find_root().obj["store"]) as dirs:
                 b = bisect(repo, Runner(repo, dirs, ex, 1, timeout), check, path, good_given=g is not None)
         finally:
             ex.close()
