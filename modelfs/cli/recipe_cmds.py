@@ -8,6 +8,7 @@ load only when their command runs. Progress goes to stderr, the report to stdout
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,7 @@ def derive_by_recipe(ctx: click.Context, parent: str, new: str, how: str, cmd: s
                            f"`modelfs update {p.model}` re-derives it")
         except NotFound:
             pass
-        r = Recipe(new, cmd, {str(i.resolve()): hash_file(i) for i in inputs}, timeout or DEFAULT_TIMEOUT,
+        r = Recipe(new, cmd, {os.path.abspath(i): hash_file(i) for i in inputs}, timeout or DEFAULT_TIMEOUT,
                    how=how)
         ex = executor_for("local", 1)
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import platform
 import signal
@@ -270,7 +271,7 @@ def start_local_ray(num_cpus: int) -> None:
     import ray
 
     ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address=RAY_LOOPBACK,
-             log_to_driver=False, logging_level="WARNING")
+             log_to_driver=False, logging_level=logging.WARNING)
 
 
 def _ray_job(fields: Mapping[str, Any]) -> dict[str, Any]:
