@@ -179,10 +179,13 @@ def test_a_killed_cascade_resumes_without_redoing_finished_nodes(tmp_path: Path)
     store = str(lin.store.resolve())
     cmd = [sys.executable, "-m", "modelfs.cli.main", "--store", store, "update"]
     try:
-        p = subprocess.Popen([*cmd, "base"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = tmp_path / "update.log"
+        with open(log, "wb") as out:
+            p = subprocess.Popen([*cmd, "base"], stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while _done(lin) < 2:
-            assert p.poll() is None and time.monotonic() < deadline, "the cascade ended before it was killed"
+            assert p.poll() is None and time.monotonic() < deadline, \
+                f"the cascade ended before it was killed: {log.read_text()}"
             time.sleep(0.02)
         p.send_signal(signal.SIGKILL)
         p.wait()
