@@ -285,6 +285,8 @@ class RayExecutor(_Tickets):
     With `address` (the CLI passes $RAY_ADDRESS) it joins that cluster; otherwise it starts a
     local instance with `jobs` CPUs on the loopback address only, and shuts it down on close.
     An instance already running in this process (a test's) is used and left running.
+    On a local instance (which cannot grow) a job asking for more than it has (a GPU on a
+    machine without one) fails at once instead of waiting forever.
     """
 
     def __init__(self, jobs: int = 1, address: str | None = None) -> None:
@@ -303,6 +305,17 @@ class RayExecutor(_Tickets):
             self._own = True
         self._task = ray.remote(_ray_job)
         self._refs: dict[Any, int] = {}
+        self._refused: dict[int, JobResult] = {}  # infeasible on a local instance: failed at once
+        self._capacity: dict[str, float] | None = None if address else dict(ray.cluster_resources())
+
+    def _infeasible(self, want: Mapping[str, float]) -> str | None:
+        if self._capacity is None:  # a cluster may grow (an autoscaler): Ray decides
+            return None
+        for name, amount in want.items():
+            have = self._capacity.get(name, 0.0)
+            if amount > have:
+                return f"the job needs {name}={amount:g} but this Ray instance has {have:g}: not run"
+        return None
 
     def submit(self, job: Job) -> int:
         res = dict(job.resources or {})
@@ -312,13 +325,20 @@ class RayExecutor(_Tickets):
         if res:
             opts["resources"] = res
         ticket = self._ticket()
-        self._refs[self._task.options(**opts).remote(asdict(job))] = ticket
+        why = self._infeasible({"CPU": opts["num_cpus"], "GPU": opts["num_gpus"], **res})
+        if why is not None:
+            self._refused[ticket] = JobResult(-1, "", why, 0.0, False, None)
+        else:
+            self._refs[self._task.options(**opts).remote(asdict(job))] = ticket
         return ticket
 
     def pending(self) -> int:
-        return len(self._refs)
+        return len(self._refs) + len(self._refused)
 
     def wait_one(self, among: Collection[int] | None = None) -> tuple[int, JobResult]:
+        for t in self._refused:
+            if among is None or t in among:
+                return t, self._refused.pop(t)
         mine = [r for r, t in self._refs.items() if among is None or t in among]
         if not mine:
             raise ModelfsError("no job is pending")
@@ -334,6 +354,7 @@ class RayExecutor(_Tickets):
             with contextlib.suppress(Exception):
                 self._ray.cancel(ref, force=True)
         self._refs.clear()
+        self._refused.clear()
         if self._own and self._ray.is_initialized():
             self._ray.shutdown()
         self._own = False

@@ -156,6 +156,9 @@ def test_ray_runs_jobs_as_tasks_and_returns_them_as_they_finish(ray_instance: An
         assert out[1][1].ok and out[1][1].stdout == "slow\n"
         ((_, r),) = ex.run([Job("sleep 20", 0.5)])
         assert r.timed_out
+        # more than the local instance has fails at once (it would wait forever)
+        ((_, r),) = ex.run([Job("true", 30, resources={"num_gpus": 1})])
+        assert r.exit_code == -1 and "needs GPU=1 but this Ray instance has 0" in r.stderr
         (node,) = ray_instance.nodes()  # Ray talks to itself over loopback, not the network
         assert ipaddress.ip_address(node["NodeManagerAddress"]).is_loopback
     finally:
