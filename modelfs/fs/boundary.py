@@ -6,12 +6,14 @@ handler of ``ops.Operations`` passes through ``boundary``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
 import os
 import stat
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
@@ -87,3 +89,21 @@ def entry_attributes(a: Attr, uid: int, gid: int) -> pyfuse3.EntryAttributes:
     e.st_blocks = (a.size + 511) // 512 if stat.S_ISREG(a.mode) else 0
     e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = a.mtime_ns
     return e
+
+
+def statvfs_data(staging_root: Path | None, inodes: int) -> pyfuse3.StatvfsData:
+    """statfs of the mount: the staging area's filesystem (what a writer can still put here)."""
+    s = pyfuse3.StatvfsData()
+    s.f_bsize = s.f_frsize = BLKSIZE
+    s.f_blocks = s.f_bfree = s.f_bavail = 0
+    s.f_files = inodes
+    s.f_ffree = s.f_favail = 0
+    s.f_namemax = 255
+    if staging_root is not None:
+        with contextlib.suppress(OSError):
+            v = os.statvfs(staging_root)
+            s.f_bsize, s.f_frsize = v.f_bsize, v.f_frsize
+            s.f_blocks, s.f_bfree, s.f_bavail = v.f_blocks, v.f_bfree, v.f_bavail
+            s.f_files = max(v.f_files, inodes)
+            s.f_ffree = s.f_favail = v.f_favail
+    return s

@@ -35,6 +35,7 @@ class MountEntry:
     fstype: str
     source: str
     dev: str  # "major:minor", the name of the mount's backing device info in /sys/class/bdi
+    mount_id: int = -1  # the first field: what /proc/PID/fdinfo calls mnt_id
 
 
 def _unescape(field: str) -> str:
@@ -57,7 +58,7 @@ def mounts(mountinfo: str = "/proc/self/mountinfo") -> list[MountEntry]:
             pre, _, post = line.partition(" - ")
             a, b = pre.split(), post.split()
             if len(a) >= 5 and len(b) >= 2:
-                out.append(MountEntry(_unescape(a[4]), b[0], _unescape(b[1]), a[2]))
+                out.append(MountEntry(_unescape(a[4]), b[0], _unescape(b[1]), a[2], int(a[0])))
     return out
 
 

@@ -65,6 +65,7 @@ class OpenFile:
     ahead: ReadAhead | None = None
     staged: Staged | None = None  # a file whose bytes are in a staging file
     write: bool = False
+    ino: int = 0  # of a write handle: to ask who else holds the file at a FLUSH
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,14 +200,14 @@ class MountCore:
         if not self.tree.is_writable(inode):
             raise FsError(errno.EROFS)
         st = self.writes.open_write(inode)
-        fh = self.add_handle(OpenFile(st.size, staged=st, write=True))
+        fh = self.add_handle(OpenFile(st.size, staged=st, write=True, ino=inode))
         self.settler.touch(st.model)
         return fh, st
 
     def create(self, parent: int, name: str, mode: int) -> tuple[int, Attr]:
         a, st = self.writes.create(parent, name, mode)
         log.debug("create %s/%s", st.model, st.path)
-        fh = self.add_handle(OpenFile(0, staged=st, write=True))
+        fh = self.add_handle(OpenFile(0, staged=st, write=True, ino=a.ino))
         self.settler.touch(st.model)
         return fh, a
 
@@ -289,19 +290,23 @@ class MountCore:
         if h is not None and h.write and h.staged is not None and not h.staged.frozen:
             return h.staged, None
         st = self.writes.open_write(inode)
-        return st, self.add_handle(OpenFile(st.size, staged=st, write=True))
+        return st, self.add_handle(OpenFile(st.size, staged=st, write=True, ino=inode))
 
     # ---- closing ----------------------------------------------------------------------------
 
-    def flush_needs_record(self, fh: int) -> Staged | None:
-        """close(2) records the file (durable before close returns) unless others write it."""
+    def flush_needs_record(self, fh: int) -> tuple[Staged, int] | None:
+        """close(2) records the file (durable before close returns) unless others write it.
+
+        Returns the file and its inode: the adapter still asks whether a process holds it
+        open for writing (a FLUSH also comes when a forked child closes its copy).
+        """
         h = self._open.get(fh)
         if h is None or not h.write or h.staged is None:
             return None
         st = h.staged
         if st.broken:
             raise FsError(st.broken)
-        return st if st.writers <= 1 else None
+        return (st, h.ino) if st.writers <= 1 else None
 
     @staticmethod
     def needs_record(st: Staged) -> bool:
@@ -313,10 +318,10 @@ class MountCore:
             return CloseAction.DROP
         if st.gen == 0:  # opened for writing, never changed
             self.writes.revert(st)
-            st.file.unlink(missing_ok=True)
+            self._discard(st)
             return CloseAction.NONE
         if not st.present and st.recorded_gen == 0:  # removed before it was ever closed
-            st.file.unlink(missing_ok=True)
+            self._discard(st)
             return CloseAction.NONE
         return CloseAction.RECORD
 
@@ -336,8 +341,15 @@ class MountCore:
         self.error(st.model, why)
         self.writes.revert(st)
         # a pending pointer to it (from an earlier close) is dropped by the next commit
-        st.file.unlink(missing_ok=True)
+        self._discard(st)
         self.settler.of(st.model).held[st.path] = why
+
+    @staticmethod
+    def _discard(st: Staged) -> None:
+        """A staging file that is not kept: its space goes now, not when it is collected."""
+        st.file.unlink(missing_ok=True)
+        if st.refs == 0:  # no handle reads it any more
+            st.close_fd()
 
     def stored(self, st: Staged, path: str, entry: FileEntry, seconds: float) -> StoreOp | None:
         """The staging file is stored; the mode change it may have missed, as a store op."""

@@ -56,6 +56,7 @@ async def _tune_readahead(ops: Operations, mountpoint: Path) -> None:
     """
     await ops.initialized.wait()
     m = control.find_mount(mountpoint)
+    ops.mounted(m)
     if m is None:
         return
     path = Path("/sys/class/bdi") / m.dev / "read_ahead_kb"

@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from modelfs.fs.boundary import BLKSIZE, boundary, entry_attributes, store_errno
+from modelfs.fs.boundary import boundary, entry_attributes, statvfs_data, store_errno
 from modelfs.fs.config import MountConfig
+from modelfs.fs.control import MountEntry
 from modelfs.fs.core import BaseRead, CloseAction, MountCore
 from modelfs.fs.draftsync import (
     Committed,
@@ -34,6 +35,7 @@ from modelfs.fs.draftsync import (
     plan_recovery,
     stage_closed,
 )
+from modelfs.fs.holders import held_for_writing
 from modelfs.fs.nodes import Attr, FsError, Kind
 from modelfs.fs.readahead import merge_spans
 from modelfs.fs.staged import Staged, copy_up
@@ -72,6 +74,7 @@ class Operations(pyfuse3.Operations):
         self._progress = trio.Event()  # a stage_file or a commit finished
         self.uid, self.gid = os.getuid(), os.getgid()
         self.nursery: trio.Nursery | None = None  # set by the daemon; runs background work
+        self.mount: MountEntry | None = None  # set by the daemon once mounted
         self.initialized = trio.Event()
 
     # ---- plumbing ----------------------------------------------------------------------
@@ -285,20 +288,8 @@ class Operations(pyfuse3.Operations):
     @boundary
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         """The staging area's filesystem: what a writer can still put here."""
-        s = pyfuse3.StatvfsData()
-        s.f_bsize = s.f_frsize = BLKSIZE
-        s.f_blocks = s.f_bfree = s.f_bavail = 0
-        s.f_files = self.tree.inode_count
-        s.f_ffree = s.f_favail = 0
-        s.f_namemax = 255
-        if self.staging is not None:
-            with contextlib.suppress(OSError):
-                v = os.statvfs(self.staging.root)
-                s.f_bsize, s.f_frsize = v.f_bsize, v.f_frsize
-                s.f_blocks, s.f_bfree, s.f_bavail = v.f_blocks, v.f_bfree, v.f_bavail
-                s.f_files = max(v.f_files, self.tree.inode_count)
-                s.f_ffree = s.f_favail = v.f_favail
-        return s
+        root = self.staging.root if self.staging is not None else None
+        return statvfs_data(root, self.tree.inode_count)
 
     @boundary
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
@@ -445,12 +436,26 @@ class Operations(pyfuse3.Operations):
         self._poke()
         return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False), self._entry(a)
 
+    def mounted(self, entry: MountEntry | None) -> None:
+        """The kernel's view of this mount (its path and id), once it is up."""
+        self.mount = entry
+
     @boundary
     async def flush(self, fh: int) -> None:
-        """close(2): the file is durable before close returns (fsync'd and recorded)."""
-        st = self.core.flush_needs_record(fh)
-        if st is not None:
-            await self._record(st)
+        """close(2): the file is durable before close returns (fsync'd and recorded).
+
+        Not when a process still holds it open for writing: that FLUSH came from another
+        copy of the descriptor (a forked child, a program the writer ran), not its close.
+        """
+        got = self.core.flush_needs_record(fh)
+        if got is None:
+            return
+        st, ino = got
+        m = self.mount
+        if m is not None and await self._io(held_for_writing, m.mountpoint, m.mount_id, ino):
+            log.debug("%s/%s: flushed, but still open for writing elsewhere", st.model, st.path)
+            return
+        await self._record(st)
 
     async def _record(self, st: Staged) -> None:
         """fsync the staging file and record it as a pending change (closed == durable)."""

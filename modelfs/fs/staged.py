@@ -127,7 +127,7 @@ class Staged:
             os.fchmod(self.fd, staging_mode(self.mode))
 
     def close_fd(self) -> None:
-        """Only for a file nothing else can hold yet (a create that failed)."""
+        """Only for a file no handle holds (a create that failed, a file not kept)."""
         with contextlib.suppress(OSError):
             self._fio.close()
 

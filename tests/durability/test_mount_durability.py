@@ -5,8 +5,10 @@ Each case goes through a real mount daemon and the real CLI, as a user would hit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -219,3 +221,51 @@ def test_a_closed_file_removed_before_it_is_stored_leaves_no_staging_file(
     wait_ref(m.path / "base", "base@2", timeout=30)
     assert files_of(store, "base@2")["tmp.bin"] == b"kept"
     assert "big.bin" not in files_of(store, "base@2")
+
+
+def test_a_file_still_open_for_writing_is_never_committed_half_written(
+        store: Path, mount: Any, tmp_path: Path) -> None:
+    """A FLUSH from another copy of the descriptor (a program the writer ran) is no close.
+
+    Found by the campaign: the kernel flushes on every close(2), so `subprocess.run` in the
+    middle of a save made the half-written file durable; a directory fsync then committed
+    it, and so did recovery after a SIGKILL.
+    """
+    m = mount(store, "--settle", "0.2")
+    half = b"x" * (3 << 20)
+    fd = os.open(m.path / "base" / "big.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, half)
+        subprocess.run(["true"], check=True)  # the child's copy closes at exec: a FLUSH
+        dfd = os.open(m.path / "base", os.O_RDONLY)
+        try:
+            os.fsync(dfd)  # commits what is closed now: not big.bin
+        finally:
+            os.close(dfd)
+        assert "big.bin" not in files_of(store, "base@1")
+        with Repo.open(store) as r:
+            assert all("big.bin" not in v.files for v in r.versions("base"))
+            d = r.drafts().get("base")
+            assert d is None or "big.bin" not in d.staged  # not recorded as closed
+        m.proc.kill()  # and a crash now must not make the half file a version either
+        m.proc.wait(5)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    m.stop()
+    m2 = mount(store, "--settle", "0.2")
+    time.sleep(0.8)
+    with Repo.open(store) as r:
+        assert all("big.bin" not in v.files for v in r.versions("base"))
+    assert staging_files(store) == []  # swept: it was never closed
+    whole = os.urandom(5 << 20)  # written and closed whole, with a program run midway
+    fd = os.open(m2.path / "base" / "big.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(fd, whole[: 1 << 20])
+    subprocess.run(["true"], check=True)
+    os.write(fd, whole[1 << 20:])
+    os.close(fd)
+    ref = head_ref(m2.path / "base")
+    assert ref is not None
+    n = int(ref.split("@")[1])
+    wait_ref(m2.path / "base", f"base@{n + 1}")
+    assert files_of(store, f"base@{n + 1}")["big.bin"] == whole

@@ -37,7 +37,7 @@ def test_writer_counts_follow_handles_and_the_last_close_records(core: MountCore
     assert core.flush_needs_record(fh1) is None  # another writer still has it open
     assert core.release(fh1) is None
     st.truncate(3)
-    assert core.flush_needs_record(fh2) is st
+    assert core.flush_needs_record(fh2) == (st, ino)
     assert core.release(fh2) is st and core.settler.of("m").writers == 0
     assert core.last_close(st) is CloseAction.RECORD
     with pytest.raises(FsError) as e:
