@@ -16,6 +16,7 @@ from modelfs.lineage import FileEntry
 from modelfs.repo import STAGING_LOCK
 
 LOCK_NAME = STAGING_LOCK
+MOUNT_PREFIX = "mount-"  # staging directories of mounts; others (ops' temporary ones) are not ours
 
 
 class StagingArea:
@@ -28,7 +29,7 @@ class StagingArea:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.dir = root / f"mount-{os.getpid()}-{secrets.token_hex(3)}"
+        self.dir = root / f"{MOUNT_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
         self.dir.mkdir()
         os.chmod(self.dir, root.stat().st_mode & 0o7777)  # as private (or shared) as the store
         self._lock: IO[str] | None = open(self.dir / LOCK_NAME, "w")  # noqa: SIM115 (held for life)
@@ -92,7 +93,8 @@ class StagingArea:
         """Delete staging files of dead mounts that no pending change points at.
 
         They were being written when their daemon died: never closed, so never part of a
-        version. Directories of live mounts are left alone; emptied ones are removed.
+        version. Directories of live mounts are left alone; emptied ones are removed; other
+        directories (a merge's temporary one, still running) are not a mount's to sweep.
         """
         removed: list[Path] = []
         for d in sorted(self.root.iterdir()):
@@ -103,7 +105,7 @@ class StagingArea:
                     d.unlink(missing_ok=True)
                     removed.append(d)
                 continue
-            if self._alive(d):
+            if not d.name.startswith(MOUNT_PREFIX) or self._alive(d):
                 continue
             left = False
             for f in sorted(d.iterdir()):

@@ -147,6 +147,9 @@ def test_lazy_copy_up_and_truncate(repo: Repo, staging: StagingArea) -> None:
 def test_staging_of_dead_mounts_is_swept_live_ones_kept(tmp_path: Path,
                                                         staging: StagingArea) -> None:
     root = staging.root
+    running_merge = root / "ops-abc123"  # ops' temporary directory: not a mount's
+    (running_merge / "sub").mkdir(parents=True)
+    (running_merge / "model.safetensors").write_bytes(b"being merged")
     dead = root / "mount-1-dead"
     dead.mkdir()
     (dead / ".lock").touch()
@@ -171,6 +174,7 @@ def test_staging_of_dead_mounts_is_swept_live_ones_kept(tmp_path: Path,
         (dead / "00000002").unlink()
         staging.sweep(keep=set())
         assert not dead.exists() and live.exists()
+        assert (running_merge / "model.safetensors").exists()
     finally:
         holder.kill()
         holder.wait()
