@@ -9,6 +9,8 @@ transaction, so an import is all-or-nothing.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import math
 import mmap
@@ -77,12 +79,25 @@ def mapped(path: Path) -> Iterator[memoryview]:
         if os.fstat(f.fileno()).st_size == 0:
             yield memoryview(b"")
             return
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            mv = memoryview(mm)
-            try:
-                yield mv
-            finally:
-                mv.release()
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        mv = memoryview(mm)
+        try:
+            yield mv
+        finally:
+            mv.release()
+            _close_map(mm)
+
+
+def _close_map(mm: mmap.mmap) -> None:
+    """Close a map whose slices a worker may still hold for a moment (a finished future's
+    work item); failing here would hide the error that is on its way out. A map that is
+    still exported after a collection is closed when its last slice goes."""
+    try:
+        mm.close()
+    except BufferError:
+        gc.collect()
+        with contextlib.suppress(BufferError):
+            mm.close()
 
 
 def chunk_bytes_for(part: TensorPart, settings: StoreSettings) -> int:
