@@ -99,12 +99,14 @@ def import_(ctx: click.Context, src: Path | None, model: str, parents: tuple[str
         for w in repo.last_import_warnings:
             click.echo(f"warning: {w}", err=True)
         inferred = repo.last_inferred_parent
+        inference = repo.last_inference
         if as_json:
             click.echo(json.dumps({"id": v.id, "ref": v.ref, "parents": list(v.parents),
-                                   "inferred_parent": inferred.ref if inferred else None}))
+                                   "inferred_parent": inferred.ref if inferred else None,
+                                   "inference": inference.provenance()["inference"] if inference else None}))
             return
-        if inferred is not None:
-            click.echo(f"parent inferred from tensor overlap: {inferred.ref}")
+        if inference is not None:
+            click.echo(inference.describe())
         click.echo(f"imported {v.ref} ({v.id}), {len(v.files)} files, {human_bytes(v.logical_size)}")
 
 

@@ -11,12 +11,13 @@ from modelfs.repo.drafts import STAGING_LOCK, Draft, Drafts, staging_owner_alive
 from modelfs.repo.files import FileReader, FileRecord, StoredInline, StoredPart, StoredTensor
 from modelfs.repo.importer import ChunkHints, Progress, StoreSettings, mapped
 from modelfs.repo.maintenance import FsckReport, Maintenance
+from modelfs.repo.parents import Inference
 from modelfs.repo.repo import Repo
 from modelfs.repo.sources import source_files
 from modelfs.repo.tables import RecordTable
 
 __all__ = ["STAGING_LOCK", "Access", "ChunkHints", "ChunkRecord", "Counters", "Draft", "Drafts",
-           "FileEntry", "FileReader", "FileRecord", "FsckReport", "Maintenance", "ModelInfo", "Progress",
+           "FileEntry", "FileReader", "FileRecord", "FsckReport", "Inference", "Maintenance", "ModelInfo", "Progress",
            "RecordTable", "Repo", "StoreSettings", "StoredInline", "StoredPart", "StoredTensor", "Version",
            "make_dir", "mapped", "open_private", "set_file_mode", "source_files", "staging_owner_alive",
            "store_access"]

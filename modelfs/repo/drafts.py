@@ -72,6 +72,7 @@ class Draft:
     derived_from: tuple[str, ...] = ()
     how: str | None = None
     inferred: bool = False
+    inference: dict[str, Any] | None = None  # the distances behind an inferred parent
     changes: dict[str, FileEntry | None] = field(default_factory=dict)  # None: removed
     staged: dict[str, Path] = field(default_factory=dict)  # closed, not yet stored
     held: dict[str, str] = field(default_factory=dict)  # path -> why its save failed
@@ -117,7 +118,7 @@ class Drafts:
             return None
         m = json.loads(meta) if meta else {}
         return Draft(model, tuple(m.get("derived_from", ())), m.get("how"), m.get("inferred", False),
-                     changes, staged, dict(m.get("held", {})))
+                     m.get("inference"), changes, staged, dict(m.get("held", {})))
 
     def get(self, model: str) -> Draft | None:
         with self._store.read() as txn:
@@ -201,10 +202,10 @@ class Drafts:
 
     def _stage_file(self, model: str, path: str, src: Path, expect_staged: Path | None) -> FileEntry:
         bases, draft = self._bases(model, path, src)
-        inferred: Version | None = None
+        inference = None
         if not bases:
-            inferred = self._parents.infer({path: src})
-            bases = [inferred] if inferred else []
+            inference = self._parents.inference({path: src})
+            bases = list(inference.parents) if inference else []
         importer = Importer(self._store, self._cache, self._settings)
         try:
             with ThreadPoolExecutor(max_workers=importer.workers) as pool:
@@ -224,10 +225,12 @@ class Drafts:
                         txn.put("pending", k, json.dumps(entry.to_json()).encode())
             else:
                 txn.put("pending", _file_key(model, path), json.dumps(entry.to_json()).encode())
-            if inferred is not None and txn.get("pending", _meta_key(model)) is None:
-                log.info("%s: parent inferred from tensor overlap: %s", model, inferred.ref)
+            if inference is not None:
+                log.info("%s: %s", model, inference.describe())
+            if inference is not None and inference.parents and txn.get("pending", _meta_key(model)) is None:
                 txn.put("pending", _meta_key(model), json.dumps(
-                    {"derived_from": [inferred.id], "how": None, "inferred": True}).encode())
+                    {"derived_from": [p.id for p in inference.parents], "how": None, "inferred": True,
+                     "inference": inference.provenance()["inference"]}).encode())
         return entry
 
     def stage_remove(self, model: str, path: str) -> None:
@@ -394,6 +397,8 @@ class Drafts:
             prov = dict(provenance or {})
             if draft.inferred and derived:
                 prov["inferred_parent"] = self._graph.version(txn, derived[0]).ref
+                if draft.inference:
+                    prov["inference"] = draft.inference
             if how is None:
                 how = draft.how if head_files is None else "snapshot"
             v = self._recorder.record_in(txn, model, files, [], derived, how, message, prov)

@@ -32,6 +32,10 @@ from modelfs.formats import InlinePart, TensorPart, parse_file
 from modelfs.lineage import FileEntry
 from modelfs.repo.chunks import ChunkCache, ChunkRecord, chunk_key
 from modelfs.repo.files import FileRecord, StoredInline, StoredTensor
+from modelfs.repo.sketches import TABLE as SKETCH_TABLE
+from modelfs.repo.sketches import encode as encode_sketch
+from modelfs.repo.sketches import file_key as sketch_key
+from modelfs.repo.sketches import name_suffixes, sketch_parts
 from modelfs.store import Store
 
 log = logging.getLogger(__name__)
@@ -120,13 +124,6 @@ def chunk_keys_of(path: str, src: Path, settings: StoreSettings) -> set[bytes]:
     return keys
 
 
-def _suffixes(name: str) -> Iterator[str]:
-    yield name
-    parts = name.split(".")
-    for i in range(1, len(parts)):
-        yield ".".join(parts[i:])
-
-
 @dataclass
 class ParentTensors:
     """One parent version's tensors, found by name, by a dotted suffix (renamed heads), by path."""
@@ -141,14 +138,14 @@ class ParentTensors:
                 self.blobs[path] = t
                 continue
             self.by_name[t.name] = t
-            for s in _suffixes(t.name):
+            for s in name_suffixes(t.name):
                 self.by_suffix[s] = None if s in self.by_suffix else t  # ambiguous -> None
 
     def match(self, path: str, part: TensorPart) -> StoredTensor | None:
         if part.name == "":
             return self.blobs.get(path)
         numel = math.prod(part.shape)
-        for s in _suffixes(part.name):
+        for s in name_suffixes(part.name):
             t = self.by_name.get(s) or self.by_suffix.get(s)
             if t is not None and math.prod(t.shape) == numel:
                 return t
@@ -168,7 +165,7 @@ class Importer:
         # One thread owns every write transaction, so commits (fsync) overlap with encoding.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelfs-writer")
         self._pending_write: Future[None] | None = None
-        self._batch: list[tuple[bytes, bytes]] = []
+        self._batch: list[tuple[str, bytes, bytes]] = []  # (table, key, record)
         self._batch_bytes = 0
 
     # -- per chunk work (worker threads) ----------------------------------------------
@@ -280,11 +277,16 @@ class Importer:
         fkey = blake3.blake3(mv, max_threads=blake3.blake3.AUTO).digest()
         with self.store.read() as txn:
             raw = txn.get("files", fkey)
-            if raw is not None:
-                if progress:
-                    progress(len(mv))
-                return FileRecord.from_bytes(raw)
+            sketched = txn.get(SKETCH_TABLE, sketch_key(fkey)) is not None
+        if raw is not None:
+            if not sketched:  # stored before sketches existed: parent inference wants one
+                self._queue_sketch(fkey, mv, parse_file(path, mv)[0].parts)
+            if progress:
+                progress(len(mv))
+            return FileRecord.from_bytes(raw)
         layout, warning = parse_file(path, mv)
+        if not sketched:
+            self._queue_sketch(fkey, mv, layout.parts)
         if warning:
             log.warning(warning)
             self.warnings.append(warning)
@@ -298,7 +300,7 @@ class Importer:
                 keys[pi].append(key)
                 if rec is not None and key not in self._seen:
                     self._seen.add(key)
-                    self._batch.append((key, rec))
+                    self._batch.append(("chunks", key, rec))
                     self._batch_bytes += len(rec)
                 if self._batch_bytes >= 32 << 20:
                     self._flush()
@@ -336,10 +338,19 @@ class Importer:
         items, self._batch, self._batch_bytes = self._batch, [], 0
         self._pending_write = self._writer.submit(self._write, items)
 
-    def _write(self, items: list[tuple[bytes, bytes]]) -> None:
+    def _write(self, items: list[tuple[str, bytes, bytes]]) -> None:
         with self.store.write() as txn:
-            for key, rec in items:
-                txn.put("chunks", key, rec, overwrite=False)
+            for table, key, rec in items:
+                txn.put(table, key, rec, overwrite=False)
+
+    def _queue_sketch(self, fkey: bytes, mv: memoryview, parts: Iterable[InlinePart | TensorPart]) -> None:
+        """The file's tensor sketch (repo/sketches.py), written with its chunks, so parent
+        inference later compares weights without decoding this file's chunks."""
+        tensors = sketch_parts(mv, parts)
+        if tensors:
+            rec = encode_sketch(tensors)
+            self._batch.append((SKETCH_TABLE, sketch_key(fkey), rec))
+            self._batch_bytes += len(rec)
 
     def wait_written(self) -> None:
         """Block until every chunk handed over is committed (before a version may reference it)."""

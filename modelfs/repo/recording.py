@@ -1,4 +1,5 @@
-"""Recording a version: its file records, its tensor-signature index entries, the new head.
+"""Recording a version: its file records, its index entries (tensor signatures and the sketch
+index of repo/sketches.py, both read by parent inference), the new head.
 
 Imports and draft commits both end here, so a version is written one way whatever made it.
 `tensor_signature` lives here because this is where the index is written; parent inference
@@ -18,6 +19,7 @@ import blake3
 
 from modelfs.errors import Conflict
 from modelfs.lineage import FileEntry, LineageGraph, Version
+from modelfs.repo import sketches
 from modelfs.repo.files import FileRecord
 from modelfs.store import ReadTxn, Store, WriteTxn
 
@@ -69,7 +71,8 @@ class Recorder:
                     MappingProxyType(dict(entries)), MappingProxyType(dict(provenance)))
         for rec in records:
             txn.put("files", rec.key, rec.to_bytes(), overwrite=False)
-        self._index_signatures(txn, v, records)
+        named = self._index_signatures(txn, v, records)
+        sketches.index_version(txn, v.id, v.files, data_version(txn), named)
         self._graph.add_version(txn, v, move_head)
         txn.put("meta", DATA_VERSION_KEY, str(data_version(txn) + 1).encode())
         return v
@@ -90,11 +93,15 @@ class Recorder:
         return v
 
     @staticmethod
-    def _index_signatures(txn: WriteTxn, v: Version, records: list[FileRecord]) -> None:
+    def _index_signatures(txn: WriteTxn, v: Version, records: list[FileRecord]) -> bool:
+        """Index the version's named tensors; whether it has any."""
         recs = {r.key: r for r in records}
+        named = False
         for entry in v.files.values():
             rec = recs.get(entry.key) or FileRecord.from_bytes(txn.get("files", entry.key) or b"")
             for t in rec.tensors():
                 if t.name:
+                    named = True
                     for dt in (t.dtype.name, "*"):
                         txn.put("tsig", tensor_signature(t.name, dt, t.shape) + v.id.encode(), b"")
+        return named

@@ -23,7 +23,7 @@ from modelfs.repo.drafts import Drafts
 from modelfs.repo.files import FileReader, FileRecord, Files
 from modelfs.repo.importer import ChunkHints, Importer, Progress, StoreSettings
 from modelfs.repo.maintenance import Maintenance
-from modelfs.repo.parents import Parents
+from modelfs.repo.parents import Inference, Parents
 from modelfs.repo.reachability import chunk_keys
 from modelfs.repo.recording import Recorder, data_version
 from modelfs.repo.sources import source_files
@@ -233,7 +233,7 @@ class Repo:
         """Commit a new version of `model`: `files` are stored, `keep` entries carried over as they are.
 
         The previous head (if any) is the versioning parent; `parents` are provenance parents.
-        Without parents, a new model gets the parent inferred from tensor overlap.
+        Without parents, a new model gets the parent(s) inferred from its weights (repo/parents.py).
         """
         check_model_name(model)
         for p in files:
@@ -251,11 +251,13 @@ class Repo:
                 derived = [d for d in derived if d.id != head.id]
             base_versions = list({v.id: v for v in ([head] if head else []) + derived}.values())
             inferred = None
+            inference = None
             if not base_versions and infer_parent and files:
-                inferred = self.infer_parent(files)
-                if inferred is not None:
-                    derived = [inferred]
-                    base_versions = [inferred]
+                inference = self._parents.inference(files)
+                if inference is not None and inference.parents:  # a merge's both: the importer tries their average
+                    inferred = inference.parent
+                    derived = list(inference.parents)
+                    base_versions = list(inference.parents)
             parent_tensors = self._parents.tensors(base_versions)
             entries: dict[str, FileEntry] = dict(keep or {})
             records: list[FileRecord] = []
@@ -268,14 +270,15 @@ class Repo:
             finally:
                 importer.close()
             prov = dict(provenance or {})
-            if inferred is not None:
-                prov["inferred_parent"] = inferred.ref
+            if inference is not None:
+                prov.update(inference.provenance())
             if importer.warnings:
                 prov["warnings"] = importer.warnings
             v = self._recorder.record(model, entries, records, [d.id for d in derived], how, message, prov,
                                       move_head)
         self.last_import_warnings = importer.warnings
         self.last_inferred_parent = inferred
+        self.last_inference = inference  # the distances, for the CLI to print
         return v
 
     def advance_head(self, version_id: str) -> Version:
@@ -286,8 +289,12 @@ class Repo:
 
     # -- parent inference --------------------------------------------------------------------
     def infer_parent(self, files: Mapping[str, Path]) -> Version | None:
-        """The version sharing the most tensors with `files` (see `Parents.infer`), or None."""
+        """The version nearest `files` in weight space (see `Parents.inference`), or None."""
         return self._parents.infer(files)
+
+    def infer_parents(self, files: Mapping[str, Path]) -> Inference | None:
+        """Inferred parents with the distances behind the choice (both parents of a merge)."""
+        return self._parents.inference(files)
 
     def chunk_keys(self, *versions: Version) -> set[bytes]:
         """The chunk keys the files of these versions list (what a diff or a size compares)."""

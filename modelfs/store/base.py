@@ -16,6 +16,7 @@ TABLES: tuple[str, ...] = (
     "vnums",  # model name + NUL + big-endian number -> version id
     "children",  # parent version id + child version id -> b""
     "tsig",  # tensor signature (name, dtype, shape) + version id -> b""  (parent inference)
+    "sketch",  # sampled tensor elements per file, version digests and their index (repo/sketches.py)
     "pending",  # staged-but-uncommitted work (mount snapshot-on-write)
     "recipes",  # model name -> recipe JSON: how its versions are made from its parents (ops/recipes.py)
     "cascades",  # cascade id (+ NUL + node) -> plan / finished-node JSON (ops/cascade.py, resumable)

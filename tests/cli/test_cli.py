@@ -111,7 +111,7 @@ def invoke(args: list[str], env: dict[str, str] | None = None) -> object:
 
 # -- happy paths ---------------------------------------------------------------------------------------
 def test_parent_inference_is_printed_and_recorded(populated: Populated, cli: Callable[..., object]) -> None:
-    assert "parent inferred from tensor overlap: child@1" in populated.inferred_stdout
+    assert "parent inferred from the weights: child@1 (distance " in populated.inferred_stdout
     show = json.loads(cli("show", "guess", "--json", store=populated.store).stdout)  # type: ignore[attr-defined]
     child = json.loads(cli("show", "child@1", "--json", store=populated.store).stdout)  # type: ignore[attr-defined]
     assert show["derived_from"] == [child["id"]]
