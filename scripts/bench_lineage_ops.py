@@ -181,7 +181,15 @@ the plan allows (a merge waits for both parents). Ray's start is a private local
 """
 
 
-PARTS: dict[str, Callable[[Path], tuple[dict[str, Any], str]]] = {"cascade": bench_cascade}
+def bench_inference(out: Path) -> tuple[dict[str, Any], str]:
+    """Parent inference at 10, 100 and 1,000 models (scripts/benchlib/inference.py)."""
+    from benchlib.inference import bench_inference as run
+
+    return run(out)
+
+
+PARTS: dict[str, Callable[[Path], tuple[dict[str, Any], str]]] = {"cascade": bench_cascade,
+                                                                   "inference": bench_inference}
 
 
 def _write_doc(blocks: dict[str, tuple[str, list[float], list[float]]], info: dict[str, Any]) -> None:
