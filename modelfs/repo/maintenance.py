@@ -16,6 +16,8 @@ from modelfs.repo.chunks import ChunkCache, chunk_key
 from modelfs.repo.drafts import Drafts
 from modelfs.repo.files import Files
 from modelfs.repo.reachability import Reachability
+from modelfs.repo.sketches import TABLE as SKETCH_TABLE
+from modelfs.repo.sketches import file_key as sketch_file_key
 from modelfs.repo.writelock import WriterLock
 from modelfs.store import Store
 
@@ -158,5 +160,6 @@ class Maintenance:
                         txn.delete("chunks", k)
                     for k in dead_files:
                         txn.delete("files", k)
+                        txn.delete(SKETCH_TABLE, sketch_file_key(k))  # its weights' sketch
         return {"chunks_removed": len(dead_chunks), "files_removed": len(dead_files),
                 "bytes_freed": sum(n for _, n in dead_chunks)}

@@ -320,6 +320,9 @@ def test_gc_removes_orphans_and_keeps_everything_reachable(
         fkey = blake3.blake3(b"orphan file").digest()
         txn.put("files", fkey, FileRecord("blob", 11, fkey, (StoredTensor("", DTYPES["U8"], (11,), 0, 11, 200,
                                                                             (orphans[1],)),)).to_bytes())
+        txn.put("sketch", b"f" + fkey, b"the orphan's sketch")  # goes with its file record
+    with repo.store.read() as txn:
+        sketches_before = {bytes(k) for k in txn.keys("sketch")}
     report = repo.maintenance().fsck()
     assert report.ok and report.unreferenced_chunks == 5 and report.unreferenced_files == 1
     dry = repo.maintenance().gc(dry_run=True)
@@ -330,6 +333,7 @@ def test_gc_removes_orphans_and_keeps_everything_reachable(
     assert set(chunk_records(repo)) == reachable
     with repo.store.read() as txn:
         assert {bytes(k) for k in txn.keys("files")} == files_before
+        assert {bytes(k) for k in txn.keys("sketch")} == sketches_before - {b"f" + fkey}
     assert repo.maintenance().gc()["chunks_removed"] == 0
     report = repo.maintenance().fsck()
     assert report.ok and report.unreferenced_chunks == 0
