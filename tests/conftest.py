@@ -18,6 +18,7 @@ import blake3
 import pytest
 from hypothesis import HealthCheck, settings
 
+from modelfs.ops.executors import LOCAL_RAY_ENV
 from modelfs.repo import Repo
 from modelfs.store import LmdbStore, MemoryStore, Store
 
@@ -29,6 +30,10 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None, max_examples=200)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Tests start local Ray instances: on loopback only (set before ray is imported; see
+# modelfs.ops.executors.LOCAL_RAY_ENV).
+os.environ.update(LOCAL_RAY_ENV)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

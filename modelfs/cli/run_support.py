@@ -9,7 +9,7 @@ from pathlib import Path
 from types import TracebackType
 
 from modelfs.cli.version_dirs import MountedVersions
-from modelfs.ops.executors import Executor, get_executor
+from modelfs.ops.executors import LOCAL_RAY_ENV, Executor, get_executor
 from modelfs.repo import Version
 
 
@@ -17,6 +17,8 @@ def executor_for(name: str, jobs: int) -> Executor:
     """The named executor; `ray` joins the cluster at $RAY_ADDRESS when it is set (the CLI is
     the only layer that reads the environment), else starts a private local instance."""
     address = os.environ.get("RAY_ADDRESS") if name == "ray" else None
+    if name == "ray" and not address:
+        os.environ.update(LOCAL_RAY_ENV)  # before ray is imported: a local instance on loopback
     return get_executor(name, jobs, **({"address": address} if address else {}))
 
 

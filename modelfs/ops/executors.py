@@ -35,12 +35,15 @@ from modelfs.registry import Registry
 
 TAIL_BYTES = 64 << 10  # what a result keeps of each stream: enough for a traceback
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL of a job that ran out of time
-# The address a local Ray instance advertises and talks over. Not 127.0.0.1: Ray 2.60's
-# ray.init turns "127.0.0.1" (and "localhost") into the machine's network address
-# (services.resolve_ip_for_localhost) and then talks to itself over that interface. Any
-# other 127/8 address is kept as given and is still the loopback interface on Linux.
-# (Ray's gRPC servers listen on every interface whatever this says; nothing here changes that.)
-RAY_LOOPBACK = "127.0.0.2"
+# A local Ray instance must advertise, talk over and listen on loopback only. Ray 2.60 turns
+# "127.0.0.1" into the machine's network address (services.resolve_ip_for_localhost) and
+# then binds its gRPC servers to every interface, unless its "cluster mode" is off: with
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in the environment *before ray is imported*, the node
+# is 127.0.0.1 and every server listens there alone (checked with `ss -ltn`). The front end
+# (the CLI, a test, a script) puts LOCAL_RAY_ENV into the environment; this layer does not
+# touch it, and refuses to start a local instance without it.
+RAY_LOOPBACK = "127.0.0.1"
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,9 +270,14 @@ class LocalExecutor(_Tickets):
 
 
 def start_local_ray(num_cpus: int) -> None:
-    """A private Ray instance on the loopback address (RAY_LOOPBACK), no dashboard."""
+    """A private Ray instance on the loopback address only (see LOCAL_RAY_ENV), no dashboard."""
     import ray
+    from ray._private import ray_constants  # the switch LOCAL_RAY_ENV sets, read at import
 
+    if ray_constants.ENABLE_RAY_CLUSTER:
+        raise ModelfsError("a local Ray instance would listen on every network interface: "
+                           "start it with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in the "
+                           "environment (the modelfs CLI sets it)")
     ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address=RAY_LOOPBACK,
              log_to_driver=False, logging_level=logging.WARNING)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,7 +140,10 @@ def test_the_registry_names_executors_and_takes_plug_ins() -> None:
 # -- Ray: one real local instance for the module, on loopback --------------------------------
 @pytest.fixture(scope="module")
 def ray_instance() -> Iterator[Any]:
-    ray = pytest.importorskip("ray")
+    import ray
+
+    global ELSEWHERE_BEFORE
+    ELSEWHERE_BEFORE = set(listening_beyond_loopback())  # the machine's own, not Ray's
     start_local_ray(2)
     try:
         yield ray
@@ -160,7 +165,8 @@ def test_ray_runs_jobs_as_tasks_and_returns_them_as_they_finish(ray_instance: An
         ((_, r),) = ex.run([Job("true", 30, resources={"num_gpus": 1})])
         assert r.exit_code == -1 and "needs GPU=1 but this Ray instance has 0" in r.stderr
         (node,) = ray_instance.nodes()  # Ray talks to itself over loopback, not the network
-        assert ipaddress.ip_address(node["NodeManagerAddress"]).is_loopback
+        assert node["NodeManagerAddress"] == "127.0.0.1"
+        assert set(listening_beyond_loopback()) <= ELSEWHERE_BEFORE  # and listens nowhere else
     finally:
         ex.close()
     assert ray_instance.is_initialized()  # a running instance is used and left to its owner
@@ -189,3 +195,29 @@ def test_a_cascade_runs_its_recipes_as_ray_tasks(ray_instance: Any, tmp_path: Pa
     finally:
         ex.close()
         lin.repo.close()
+
+
+ELSEWHERE_BEFORE: set[str] = set()
+
+
+def listening_beyond_loopback() -> list[str]:
+    """TCP listeners of this machine on an address other than loopback (`ss -ltn`)."""
+    out = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, check=True).stdout
+    bad = []
+    for line in out.splitlines():
+        local = line.split()[3]
+        host = local.rsplit(":", 1)[0].strip("[]").removeprefix("::ffff:")
+        if host in ("*", "0.0.0.0", "::") or not ipaddress.ip_address(host.split("%")[0]).is_loopback:
+            bad.append(local)
+    return bad
+
+
+def test_a_local_ray_instance_is_refused_without_the_loopback_switch() -> None:
+    """Without LOCAL_RAY_ENV, Ray would advertise the network address and bind everywhere."""
+    code = ("import os; os.environ.pop('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', None)\n"
+            "from modelfs.ops.executors import start_local_ray\n"
+            "try:\n    start_local_ray(1)\nexcept Exception as e:\n    print(type(e).__name__, e)")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.stdout.startswith("ModelfsError a local Ray instance would listen on every"), out
