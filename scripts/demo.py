@@ -119,6 +119,10 @@ def main() -> int:
     from demo_checks import tests_and_bisect  # beside this script, on sys.path
 
     tests_and_bisect(work, env)  # a test run over the lineage, a regression found by bisect
+
+    from demo_update import cascading_update
+
+    cascading_update(work, env)  # recipes on minilm's descendants, a new minilm, `modelfs update`
     print(f"\ndemo done; store and lineage in {work}")
     return 0
 
