@@ -16,7 +16,6 @@ import fnmatch
 import json
 import re
 import shlex
-import string
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 import blake3
 
 from modelfs.errors import Conflict, InvalidName, ModelfsError, NotFound
+from modelfs.ops.commands import placeholders_in
 from modelfs.repo import Repo, Version
 
 TABLE = "tests"
@@ -47,20 +47,7 @@ def check_command(cmd: str, allowed: Sequence[str] = PLACEHOLDERS) -> list[str]:
     Placeholders are str.format fields with nothing after the name (``{path}``, not
     ``{path!r}`` or ``{path:>9}``); ``{{`` and ``}}`` are literal braces.
     """
-    if not cmd.strip():
-        raise ModelfsError("the test command is empty")
-    try:
-        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(cmd) if f is not None]
-    except ValueError as e:
-        raise ModelfsError(f"bad command {cmd!r}: {e} (write literal braces as {{{{ and }}}})") from None
-    names = ", ".join("{" + p + "}" for p in allowed)
-    for f, spec, conv in fields:
-        if f not in allowed:
-            raise ModelfsError(f"unknown placeholder {{{f}}} in command {cmd!r}: use {names} "
-                               "(literal braces as {{ and }})")
-        if spec or conv:
-            raise ModelfsError(f"placeholder {{{f}}} in command {cmd!r} takes no format or conversion")
-    return [f for f, _, _ in fields]
+    return placeholders_in(cmd, allowed, "command")
 
 
 def fill_command(cmd: str, values: Mapping[str, str]) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import string
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,6 +31,7 @@ import blake3
 
 from modelfs.errors import ModelfsError, NotFound
 from modelfs.names import check_model_name
+from modelfs.ops.commands import placeholders_in
 from modelfs.ops.executors import Executor, Job, JobResult
 from modelfs.ops.views import VersionDirs
 from modelfs.repo import Repo, Version
@@ -57,20 +57,7 @@ def check_command(cmd: str) -> list[str]:
     Placeholders are str.format fields with nothing after the name; ``{{`` and ``}}`` are
     literal braces (so a shell ``${VAR}`` is written ``${{VAR}}``).
     """
-    if not cmd.strip():
-        raise ModelfsError("the recipe command is empty")
-    try:
-        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(cmd) if f is not None]
-    except ValueError as e:
-        raise ModelfsError(f"bad recipe command {cmd!r}: {e} (literal braces are {{{{ and }}}})") from None
-    known = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
-    for f, spec, conv in fields:
-        if f not in PLACEHOLDERS:
-            raise ModelfsError(f"unknown placeholder {{{f}}} in recipe command {cmd!r}: use {known} "
-                               "(literal braces as {{ and }})")
-        if spec or conv:
-            raise ModelfsError(f"placeholder {{{f}}} in recipe command {cmd!r} takes no format or conversion")
-    return [f for f, _, _ in fields]
+    return placeholders_in(cmd, PLACEHOLDERS, "recipe command")
 
 
 def hash_file(path: Path) -> str:
