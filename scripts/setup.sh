@@ -11,6 +11,7 @@ command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 dpkg -s libfuse3-dev >/dev/null 2>&1 || need_apt+=(libfuse3-dev)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v git-lfs >/dev/null 2>&1 || need_apt+=(git-lfs)
+command -v ss >/dev/null 2>&1 || need_apt+=(iproute2)  # the Ray test checks listeners
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
