@@ -342,7 +342,11 @@ class MountCore:
         self.writes.revert(st)
         # a pending pointer to it (from an earlier close) is dropped by the next commit
         self._discard(st)
-        self.settler.of(st.model).held[st.path] = why
+        a = self.settler.of(st.model)
+        if not a.held:
+            head = self.tree.loaded_heads().get(st.model)
+            a.held_head = head.version if head is not None else None
+        a.held[st.path] = why
 
     @staticmethod
     def _discard(st: Staged) -> None:
@@ -409,12 +413,22 @@ class MountCore:
         return [m for m, a in self.settler.models.items() if a.held]
 
     def hold_resolved(self, model: str, draft: Draft | None) -> bool:
-        """Whether a held draft was committed or discarded from the CLI (then follow it)."""
-        if draft is not None and draft.held:
-            return False
-        log.info("%s: its held draft was committed or discarded from the CLI", model)
+        """Whether a held draft was committed or discarded from the CLI (then follow it).
+
+        A hold the store could not record (its disk was full) is resolved by what the user
+        did instead: the head moved (``commit --force``), or the draft went (``discard``).
+        """
         a = self.settler.of(model)
+        if a.held_stored:
+            if draft is not None and draft.held:
+                return False
+        else:
+            info = self.tree.models().get(model)
+            if draft is not None and (info.head if info else None) == a.held_head:
+                return False
+        log.info("%s: its held draft was committed or discarded from the CLI", model)
         a.held.clear()
+        a.held_stored = False
         a.dirty = draft is not None and draft.pending_files
         self.tree.resync(model)
         return True
@@ -428,7 +442,9 @@ class MountCore:
         """
         out: list[Staged] = []
         for model, held in plan.held.items():
-            self.settler.of(model).held.update(held)
+            a = self.settler.of(model)
+            a.held.update(held)
+            a.held_stored = True
             log.warning("%s: draft held since a save into it failed (%s); `modelfs commit %s "
                         "--force` or `modelfs discard %s`", model, "; ".join(held.values()),
                         model, model)

@@ -218,13 +218,14 @@ class Operations(pyfuse3.Operations):
         self._poke()
 
     async def _hold_in_store(self, model: str, path: str, why: str) -> None:
-        """Recorded in the store too, so neither a restarted mount nor a plain ``modelfs
-        commit`` commits a failed burst; ``commit --force`` or ``discard`` decides."""
+        """So neither a new mount nor a plain commit commits a failed burst (see core.drop)."""
         try:
             await self._io(self.drafts.hold, model, path, why)
         except Exception as e:
             log.error("%s: could not record the hold in the store (%s); this mount still "
                       "will not commit it", model, e)
+        else:
+            self.settler.of(model).held_stored = True
 
     async def check_holds(self) -> None:
         """Follow ``modelfs commit --force`` / ``discard`` of a held draft made from the CLI."""

@@ -21,6 +21,8 @@ class Activity:
     failures: int = 0
     errors: list[str] = field(default_factory=list)
     held: dict[str, str] = field(default_factory=dict)  # path -> why its save failed
+    held_stored: bool = False  # the hold is in the draft's record too (it survives the daemon)
+    held_head: str | None = None  # the head version when the burst was held
 
     def to_json(self) -> dict[str, object]:
         return {"open_for_writing": self.writers, "storing": self.storing,

@@ -8,6 +8,7 @@ each. Every test has its own small store.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import time
@@ -23,6 +24,7 @@ from mounthelp import (
     Mounted,
     draft_state,
     force_unmount,
+    head_ref,
     start_mount,
     wait_for,
     wait_ref,
@@ -204,8 +206,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(d)], check=False)
 
 
-def test_a_full_staging_disk_is_enospc_and_no_half_version(small_disk: Path,
-                                                           tmp_path: Path) -> None:
+def test_a_full_staging_disk_is_enospc_and_no_half_version(small_disk: Path, tmp_path: Path,
+                                                           cli: Any) -> None:
     store = small_disk / "store"
     src = tmp_path / "src"
     src.mkdir()
@@ -223,11 +225,18 @@ def test_a_full_staging_disk_is_enospc_and_no_half_version(small_disk: Path,
         assert "too-big.bin" in errors and "No space left" in errors
         time.sleep(1)
         with Repo.open(store) as r:
-            assert len(r.versions("tiny")) == 1 and r.drafts().models() == []
+            assert len(r.versions("tiny")) == 1
+        # the failed save holds its burst (issue 8): what comes after waits for the user
+        assert "too-big.bin" in json.loads(os.getxattr(d, "user.modelfs.draft"))["held"]
         write_closed(d / "small.txt", b"fits")  # the space came back
+        time.sleep(1)
+        assert head_ref(d) == "tiny@1"
+        r = cli("commit", "tiny", "--force", store=store)
+        assert r.returncode == 0 and "tiny@2" in r.stdout, r
         wait_ref(d, "tiny@2")
         assert sorted(os.listdir(m.path / "tiny@2")) == ["config.json", "small.txt"]
         assert "too-big.bin" in m.log_text()
+        assert wait_for(lambda: json.loads(os.getxattr(d, "user.modelfs.draft"))["held"] == {}, 5)
     finally:
         assert m.stop() == 0
     with Repo.open(store) as r:
