@@ -1,4 +1,4 @@
-"""Architecture rules as tests: the layers of DESIGN.md, checked on the source with `ast`.
+"""Architecture rules as tests: the layers of ../shared/DESIGN.md, checked on the source with `ast`.
 
 The one place these rules live (dulwich's test_source.py style):
 
