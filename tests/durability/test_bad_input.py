@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from durahelp import one_line_error
 from mounthelp import FUSE_MISSING, wait_ref
 
 from modelfs.formats import MAX_TENSORS
@@ -50,14 +51,6 @@ def checkpoint(d: Path, seed: int = 0) -> Path:
     return d
 
 
-def one_line_error(r: Any, *words: str) -> str:
-    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
 
 
 def store_state(store: Path) -> tuple[int, int, int, int]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from durahelp import one_line_error
 from mounthelp import FUSE_MISSING, Mounted, start_mount, wait_ref
 
 from modelfs.repo import Repo
@@ -37,15 +38,6 @@ def checkpoint(d: Path, seed: int) -> Path:
     return d
 
 
-def one_line_error(r: Any, *words: str) -> str:
-    """`r` failed with exit 1 and exactly one line on stderr holding every word; no traceback."""
-    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
 
 
 def fill(disk: Path, leave: int) -> Path:
