@@ -231,3 +231,26 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         yield s
     finally:
         s.close()
+
+
+# -- small real disks ------------------------------------------------------------------------------
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str, int], Path]]:
+    """``tmpfs(name, mib)``: a fresh tmpfs of that size under tmp_path, unmounted at the end."""
+    made: list[Path] = []
+
+    def make(name: str, mib: int) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0755", "tmpfs",
+                            str(d)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.fail(f"cannot mount a tmpfs here (root needed): {r.stderr.strip()}")
+        made.append(d)
+        return d
+
+    try:
+        yield make
+    finally:
+        for d in reversed(made):
+            subprocess.run(["umount", "-l", str(d)], check=False)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -192,18 +191,9 @@ def test_killed_after_storing_before_the_commit(store: Path, mounts: Mounts) -> 
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
+def small_disk(tmpfs: Callable[[str, int], Path]) -> Path:
     """A 64 MiB tmpfs (root only), unmounted at the end."""
-    d = tmp_path / "small"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(d)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs here (root needed): {r.stderr.strip()}")
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=False)
+    return tmpfs("small", 64)
 
 
 def test_a_full_staging_disk_is_enospc_and_no_half_version(small_disk: Path, tmp_path: Path,
