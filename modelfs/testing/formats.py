@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import ClassVar
 
+import blake3
+
 from modelfs.formats import FileLayout, InlinePart, TensorPart, parse_file, registered_formats
 from modelfs.repo import Repo, StoreSettings
 from modelfs.store import MemoryStore
@@ -62,6 +64,7 @@ def roundtrip_through_repo(files: dict[str, bytes], settings: StoreSettings = SM
         repo.export(v.ref, dst)
         for rel, data in files.items():
             assert (dst / rel).read_bytes() == data, rel
+            assert v.files[rel].key == blake3.blake3(data).digest(), rel  # content-addressed
             reader = repo.open_file(v.files[rel])
             assert reader.read(0, len(data) + 10) == data, rel
             step = max(1, len(data) // 7)

@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import math
 import struct
-import tempfile
 from pathlib import Path
 
-import blake3
 import numpy as np
 import pytest
 import safetensors.numpy as st_numpy
@@ -25,13 +23,11 @@ from hypothesis import strategies as st
 
 from modelfs.dtypes import DTYPES
 from modelfs.formats import FileLayout, InlinePart, TensorPart, parse_file, registered_formats
-from modelfs.repo import Repo, StoreSettings
-from modelfs.store import MemoryStore
+from modelfs.testing.formats import roundtrip_through_repo
 
 # dtypes modelfs knows that the torch front end of safetensors can write
 TORCH_DTYPES = {name: t for name, t in st_torch._TYPES.items() if name in DTYPES}
 NUMPY_DTYPES = {name: t for name, t in st_numpy._TYPES.items() if name in DTYPES}
-SMALL = StoreSettings(chunk_elems=16, blob_chunk_bytes=96)  # many chunks even in tiny files
 
 
 # -- building files ----------------------------------------------------------------------------------------
@@ -121,25 +117,6 @@ def assert_blob(path: str, data: bytes) -> str:
     assert warning is not None and path in warning and "blob" in warning
     assert_tiles(layout, data)
     return warning
-
-
-def roundtrip_through_repo(files: dict[str, bytes], settings: StoreSettings = SMALL) -> Repo:
-    """Import `files` as a version of a fresh repo, export it, and compare blake3 of every file."""
-    repo = Repo.init(store=MemoryStore(), settings=settings)
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "src", Path(tmp) / "dst"
-        for rel, data in files.items():
-            (src / rel).parent.mkdir(parents=True, exist_ok=True)
-            (src / rel).write_bytes(data)
-        v = repo.import_dir(src, "m", infer_parent=False)
-        repo.export(v.ref, dst)
-        for rel, data in files.items():
-            out = (dst / rel).read_bytes()
-            assert blake3.blake3(out).digest() == blake3.blake3(data).digest(), rel
-            assert v.files[rel].key == blake3.blake3(data).digest()
-            reader = repo.open_file(v.files[rel])
-            assert reader.read(0, len(data) + 10) == data
-    return repo
 
 
 # -- valid files --------------------------------------------------------------------------------------------------
