@@ -630,16 +630,7 @@ class Writer(Actor):
         rec = self.write_file(model, tmp, data, "tmp_save", os.O_CREAT | os.O_EXCL)
         if rec is None or self.o.at(model, tmp) is not rec:
             return
-        old = self.o.at(model, target)
-        epoch, mnt = self.ctl.current()
-        began = time.monotonic()
-        try:
-            os.rename(mnt / model / tmp, mnt / model / target)
-        except OSError as e:
-            self.failed(e, epoch, model, f"rename {tmp} -> {target}",
-                        [{tmp: rec, target: old}, {tmp: None, target: rec}], began)
-            return
-        self.o.apply(model, {tmp: None, target: rec}, began)
+        self.rename(model, tmp, target, rec)
 
     def do_st_save(self, model: str) -> None:
         """``safetensors.numpy.save_file`` into the mount: its own ``.tmpXXXXXX`` and rename."""
@@ -695,6 +686,10 @@ class Writer(Actor):
         ext = os.path.splitext(src)[1] if src.startswith(self.prefix) else ".bin"
         others = [p for p, _ in mine if p != src and p.startswith(self.prefix)]
         dst = self.rng.choice(others) if others and self.rng.random() < 0.4 else self.fresh_name(ext)
+        self.rename(model, src, dst, rec)
+
+    def rename(self, model: str, src: str, dst: str, rec: Rec) -> None:
+        """Rename ``src`` (holding ``rec``) over ``dst``; a cut rename may have gone either way."""
         old = self.o.at(model, dst)
         epoch, mnt = self.ctl.current()
         began = time.monotonic()
