@@ -25,6 +25,11 @@ class CorruptData(ModelfsError):
     """Stored bytes do not hash to their key: the store is damaged."""
 
 
+class RemoteUnavailable(ModelfsError):
+    """A remote (or a lazy store's chunk source) failed or timed out; the message names it
+    and what was asked for. Nothing local changed; the next try may succeed."""
+
+
 class Conflict(ModelfsError):
     """The operation would overwrite something or contradicts the current state."""
 

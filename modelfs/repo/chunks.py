@@ -17,6 +17,7 @@ import blake3
 from modelfs.codecs import EncodeContext, get_codec
 from modelfs.dtypes import DTYPES, DType
 from modelfs.errors import CorruptData, ModelfsError, NotFound
+from modelfs.repo.chunksource import ChunkSource
 from modelfs.store import ReadTxn, Store
 
 KEY_LEN = 32
@@ -99,6 +100,11 @@ class ChunkCache:
         self._inflight: dict[bytes, threading.Event] = {}
         self.counters = counters
         self.verify = verify
+        self.source: ChunkSource | None = None
+
+    def attach_source(self, source: ChunkSource | None) -> None:
+        """Fetch records missing from the store through `source` (a lazy store's remote)."""
+        self.source = source
 
     def peek(self, key: bytes) -> bytes | None:
         with self._lock:

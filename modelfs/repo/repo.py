@@ -19,6 +19,7 @@ from modelfs.lineage import FileEntry, LineageGraph, ModelInfo, Version
 from modelfs.names import check_file_path, check_model_name
 from modelfs.repo.access import prepare_store, seal_store
 from modelfs.repo.chunks import ChunkCache, ChunkRecord, Counters
+from modelfs.repo.chunksource import LAZY_REMOTE_KEY, ChunkSource
 from modelfs.repo.drafts import Drafts
 from modelfs.repo.files import FileReader, FileRecord, Files
 from modelfs.repo.importer import ChunkHints, Importer, Progress, StoreSettings
@@ -321,6 +322,29 @@ class Repo:
                 raw = txn.get("chunks", k)
                 total += len(raw) if raw else 0
         return total
+
+    # -- lazy stores -----------------------------------------------------------------------
+    def lazy_remote(self) -> str | None:
+        """The remote a lazy store fetches missing chunks from (meta b"lazy_remote"), or None."""
+        with self.store.read() as txn:
+            raw = txn.get("meta", LAZY_REMOTE_KEY)
+        return None if raw is None else bytes(raw).decode()
+
+    def set_lazy_remote(self, name: str | None) -> None:
+        """Mark this store lazy (chunks come from remote `name` on first read), or full (None)."""
+        with self._lock.hold(), self.store.write() as txn:
+            if name is None:
+                txn.delete("meta", LAZY_REMOTE_KEY)
+            else:
+                txn.put("meta", LAZY_REMOTE_KEY, name.encode())
+
+    def attach_chunk_source(self, source: ChunkSource | None) -> None:
+        """Read missing chunk records through `source` from now on (a lazy store's remote)."""
+        self.cache.attach_source(source)
+
+    @property
+    def chunk_source(self) -> ChunkSource | None:
+        return self.cache.source
 
     def table(self, name: str) -> RecordTable:
         """An ops-owned table of JSON records (tests, results, ...): see repo/tables.py."""

@@ -1,0 +1,86 @@
+"""Where a lazy store gets the chunk records it does not hold yet.
+
+A lazy store (``clone --lazy``) holds versions, file records and refs, but chunks come on
+first read. The repo's read path asks a `ChunkSource` for the records it misses; the remote
+layer (modelfs/remote/) implements one over an object store, and `StoreChunkSource` here
+over another local store (tests, and ``clone --lazy`` from a local path).
+
+The contract: `fetch` returns the raw record bytes exactly as the source's "chunks" table
+holds them (``ChunkRecord.to_bytes()``), for the keys it has; keys it lacks are left out;
+a server failure or timeout raises `RemoteUnavailable` naming the chunks and the remote.
+The caller verifies every decoded chunk against its key before use, so a source never has
+to be trusted.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from modelfs.errors import RemoteUnavailable
+from modelfs.store import LmdbStore, Store
+
+# the store's meta key naming the remote a lazy store fetches its chunks from
+LAZY_REMOTE_KEY = b"lazy_remote"
+
+
+@runtime_checkable
+class ChunkSource(Protocol):
+    """Raw chunk records by key, from somewhere other than the local store."""
+
+    name: str  # the remote's name, for messages
+
+    def fetch(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """Record bytes for each key it could get; raises RemoteUnavailable when it cannot ask.
+
+        It may return more than was asked (e.g. the delta bases of what was asked, when its
+        index knows them): the caller keeps every record it gets, after checking it.
+        """
+        ...
+
+
+class SourceCounters:
+    """What a source moved, counted at the client (benchmarks and tests compare these)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.chunks = 0
+        self.bytes = 0
+
+    def add(self, chunks: int, nbytes: int) -> None:
+        with self._lock:
+            self.requests += 1
+            self.chunks += chunks
+            self.bytes += nbytes
+
+
+class StoreChunkSource:
+    """A `ChunkSource` reading another local store's chunks table (read-only)."""
+
+    def __init__(self, store: Store | str | Path, name: str | None = None) -> None:
+        if isinstance(store, (str, Path)):
+            self.name = name or str(store)
+            try:
+                self._store: Store = LmdbStore(store, readonly=True)
+            except Exception as e:  # a path that is gone is a remote that is unavailable
+                raise RemoteUnavailable(f"remote store {self.name} cannot be opened: {e}") from e
+        else:
+            self.name = name or "store"
+            self._store = store
+        self.counters = SourceCounters()
+
+    def fetch(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        out: dict[bytes, bytes] = {}
+        with self._store.read() as txn:
+            for k in keys:
+                raw = txn.get("chunks", k)
+                if raw is not None:
+                    out[k] = bytes(raw)
+        self.counters.add(len(out), sum(len(v) for v in out.values()))
+        return out
+
+    def close(self) -> None:
+        self._store.close()
