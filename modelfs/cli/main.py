@@ -7,6 +7,7 @@ together, so nothing registers itself as a side effect of being imported.
 from __future__ import annotations
 
 from modelfs.cli.app import cli, pipe_closed
+from modelfs.cli.config_cmds import COMMANDS as CONFIG_COMMANDS
 from modelfs.cli.draft_cmds import COMMANDS as DRAFT_COMMANDS
 from modelfs.cli.history_cmds import COMMANDS as HISTORY_COMMANDS
 from modelfs.cli.mount_cmds import mount_command, umount_command
@@ -16,7 +17,7 @@ from modelfs.cli.store_cmds import COMMANDS as STORE_COMMANDS
 from modelfs.cli.test_cmds import COMMANDS as TEST_COMMANDS
 
 for _command in [*STORE_COMMANDS, *HISTORY_COMMANDS, *DRAFT_COMMANDS, mount_command, umount_command,
-                 *OPS_COMMANDS, *TEST_COMMANDS, *RECIPE_COMMANDS]:
+                 *OPS_COMMANDS, *TEST_COMMANDS, *RECIPE_COMMANDS, *CONFIG_COMMANDS]:
     cli.add_command(_command)
 
 

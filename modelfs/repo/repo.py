@@ -27,6 +27,7 @@ from modelfs.repo.maintenance import Maintenance
 from modelfs.repo.parents import Inference, Parents
 from modelfs.repo.reachability import chunk_keys
 from modelfs.repo.recording import Recorder, data_version
+from modelfs.repo.settings import ModelSettings
 from modelfs.repo.sources import source_files
 from modelfs.repo.tables import RecordTable
 from modelfs.repo.writelock import WriterLock
@@ -349,6 +350,10 @@ class Repo:
     def table(self, name: str) -> RecordTable:
         """An ops-owned table of JSON records (tests, results, ...): see repo/tables.py."""
         return RecordTable(self.store, self._lock, name)
+
+    def model_settings(self) -> ModelSettings:
+        """Per-model settings (`modelfs config`): settle time, lossy storage."""
+        return ModelSettings(self.table("config"))
 
     def drafts(self) -> Drafts:
         """Changes staged for models' next versions (the mount's writes, `modelfs derive`)."""

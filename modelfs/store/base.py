@@ -21,6 +21,7 @@ TABLES: tuple[str, ...] = (
     "recipes",  # model name -> recipe JSON: how its versions are made from its parents (ops/recipes.py)
     "cascades",  # cascade id (+ NUL + node) -> plan / finished-node JSON (ops/cascade.py, resumable)
     "tests",  # test name -> test definition JSON (ops/checks.py: tests run over the lineage)
+    "config",  # model name -> JSON of its settings (repo/settings.py: settle, lossy)
     "results",  # test definition hash + NUL + version id -> test result JSON (ops/results.py)
 )
 
