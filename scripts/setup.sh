@@ -12,6 +12,9 @@ dpkg -s libfuse3-dev >/dev/null 2>&1 || need_apt+=(libfuse3-dev)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v git-lfs >/dev/null 2>&1 || need_apt+=(git-lfs)
 command -v ss >/dev/null 2>&1 || need_apt+=(iproute2)  # the Ray test checks listeners
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc)  # the codecs' decode kernel is C (modelfs/codecs/kernels.c)
+python3 -c 'import os, sysconfig; raise SystemExit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+  || need_apt+=(python3-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -24,7 +27,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV" >&2
 fi
 PY="$VENV/bin/python"
-stamp="$VENV/.modelfs-setup-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)"
+# the kernel's source is in the stamp: an editable install compiles it only when installed
+stamp="$VENV/.modelfs-setup-$(cat pyproject.toml scripts/setup.sh modelfs/codecs/kernels.c | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing Python packages (torch pinned to the CPU wheel on disk)" >&2
   "$PY" -m pip install -q --upgrade pip >&2

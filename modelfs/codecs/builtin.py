@@ -103,18 +103,6 @@ def zigzag_diff(data: bytes | np.ndarray, pred: bytes | np.ndarray, itemsize: in
     return ((d << 1) ^ (d >> (8 * itemsize - 1))).view(numerics.UINT[itemsize])
 
 
-def zigzag_undiff(codes: bytes, pred: bytes | np.ndarray, itemsize: int) -> bytes:
-    """Inverse of `zigzag_diff`, computed in place in two buffers (decode is the read path)."""
-    ut = numerics.UINT[itemsize]
-    z = np.frombuffer(codes, dtype=ut)
-    sign = np.bitwise_and(z, 1)
-    np.negative(sign, out=sign)  # 0 or all ones, in wrapping unsigned arithmetic
-    d = np.right_shift(z, 1)
-    np.bitwise_xor(d, sign, out=d)
-    np.add(d, np.frombuffer(pred, dtype=ut), out=d)
-    return d.tobytes()
-
-
 @dataclass(frozen=True)
 class PredictXorCodec:
     """Payload = planes(residual of data against a prediction); decode recomputes the prediction.
@@ -155,8 +143,8 @@ class PredictXorCodec:
 
     def decode(self, payload: memoryview, length: int, ctx: EncodeContext) -> bytes:
         if self.residual == "sub":
-            return zigzag_undiff(decode_planes(payload, length), self.predict(ctx), ctx.dtype.itemsize)
-        return xor_bytes(decode_planes(payload, length), self.predict(ctx)).tobytes()
+            return decode_planes(payload, length, self.predict(ctx), "sub")
+        return decode_planes(payload, length, self.predict(ctx), "xor")
 
 
 @dataclass(frozen=True)
@@ -198,8 +186,7 @@ class PruneCodec:
         (blen,) = struct.unpack_from("<I", payload, 0)
         bits = np.frombuffer(zstd_decompress(payload[4:4 + blen], (n + 7) // 8), dtype=np.uint8)
         mask = np.unpackbits(bits, count=n).astype(bool)
-        resid = decode_planes(payload[4 + blen:], length)
-        return xor_bytes(resid, self._masked(ctx.bases[0], mask, isz)).tobytes()
+        return decode_planes(payload[4 + blen:], length, self._masked(ctx.bases[0], mask, isz), "xor")
 
 
 RAW = register_codec(RawCodec())

@@ -141,7 +141,7 @@ class LowRankCodec:
             factors.append(np.frombuffer(raw, dtype=_FLOAT[isz]).reshape(shape))
             pos += 4 + n
         pred = predict(ctx.bases[0], ctx.dtype, factors[0], factors[1], scale, col0, VARIANTS[var])
-        return xor_bytes(decode_planes(payload[pos:], length), pred).tobytes()
+        return decode_planes(payload[pos:], length, pred, "xor")
 
 
 LOWRANK = register_codec(LowRankCodec())

@@ -131,7 +131,7 @@ class TiesCodec:
         if ver != 1:
             raise ValueError("unknown ties payload layout")
         pred = ties_combine(ctx.bases, ctx.dtype, (thr_a, thr_b), lam)
-        return xor_bytes(decode_planes(payload[25:], length), pred).tobytes()
+        return decode_planes(payload[25:], length, pred, "xor")
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ class MixCodec:
             raise ValueError("mix payload does not match its bases")
         weights = struct.unpack_from(f"<{k}d", payload, 2)
         pred = combine(ctx.bases, ctx.dtype, weights)
-        return xor_bytes(decode_planes(payload[2 + 8 * k:], length), pred).tobytes()
+        return decode_planes(payload[2 + 8 * k:], length, pred, "xor")
 
 
 MIX = register_codec(MixCodec())

@@ -13,6 +13,8 @@ import threading
 import numpy as np
 import zstandard
 
+from modelfs.codecs import kernels
+
 ZSTD_LEVEL = 1  # measured on real fp32 weights: faster than 3 and no larger on byte planes
 _SAMPLE = 1 << 16  # probe this much of a plane first; noise-like planes are stored raw
 _RAW, _ZSTD, _ZERO = 0, 1, 2
@@ -49,18 +51,6 @@ def split_planes(data: bytes | memoryview | np.ndarray, itemsize: int) -> tuple[
     return [np.ascontiguousarray(body[:, k]) for k in range(itemsize)], buf[n * itemsize:].tobytes()
 
 
-def join_planes(planes: list[np.ndarray | None], tail: bytes, n: int | None = None) -> bytes:
-    """Interleave planes back into elements; None stands for an all-zero plane (not written)."""
-    if n is None:
-        n = next((len(p) for p in planes if p is not None), 0)
-    alloc = np.zeros if any(p is None for p in planes) else np.empty
-    out = alloc((n, len(planes)), dtype=np.uint8)
-    for k, p in enumerate(planes):
-        if p is not None:
-            out[:, k] = p
-    return out.tobytes() + tail
-
-
 def encode_planes(data: bytes | memoryview | np.ndarray, itemsize: int) -> bytes:
     """Each plane stored as zero, zstd or raw, whichever is smallest."""
     planes, tail = split_planes(data, itemsize)
@@ -80,15 +70,25 @@ def encode_planes(data: bytes | memoryview | np.ndarray, itemsize: int) -> bytes
     return b"".join(parts)
 
 
-def decode_planes(payload: memoryview, length: int) -> bytes:
+RESIDUALS = {"none": 0, "xor": 1, "sub": 2}  # how the kernel applies planes to a prediction
+
+
+def decode_planes(payload: memoryview, length: int, pred: bytes | memoryview | np.ndarray | None = None,
+                  residual: str = "none") -> bytes:
+    """The bytes `encode_planes` stored; with a prediction, the residual applied to it.
+
+    ``residual="xor"`` XORs the planes' bytes onto ``pred``; ``"sub"`` reads them as zigzag
+    codes (see builtin.zigzag_diff) and adds them to pred's elements. Joining and applying
+    happen in one pass of the compiled kernel, outside the GIL.
+    """
     nplanes, ntail = struct.unpack_from("<BI", payload, 0)
     pos = 5
-    tail = bytes(payload[pos:pos + ntail])
+    tail = payload[pos:pos + ntail]
     pos += ntail
-    if nplanes == 0:
-        return tail
+    if nplanes == 0:  # not written by encode_planes (it always writes itemsize planes)
+        raise ValueError("plane payload has no planes")
     n = (length - ntail) // nplanes
-    planes: list[np.ndarray | None] = []
+    planes: list[bytes | memoryview | None] = []
     for _ in range(nplanes):
         method, size = struct.unpack_from("<BI", payload, pos)
         pos += 5
@@ -97,14 +97,10 @@ def decode_planes(payload: memoryview, length: int) -> bytes:
             continue
         raw = payload[pos:pos + size]
         pos += size
-        if method == _ZSTD:
-            planes.append(np.frombuffer(zstd_decompress(raw, n), dtype=np.uint8))
-        else:
-            planes.append(np.frombuffer(raw, dtype=np.uint8))
-    out = join_planes(planes, tail, n)
-    if len(out) != length:
-        raise ValueError(f"plane payload decodes to {len(out)} bytes, expected {length}")
-    return out
+        planes.append(zstd_decompress(raw, n) if method == _ZSTD else raw)
+    if n * len(planes) + len(tail) != length or any(p is not None and len(p) != n for p in planes):
+        raise ValueError(f"plane payload does not decode to {length} bytes")
+    return kernels.join(tuple(planes), n, tail, pred, RESIDUALS[residual])
 
 
 def xor_bytes(a: bytes | memoryview | np.ndarray, b: bytes | memoryview | np.ndarray) -> np.ndarray:
