@@ -7,7 +7,13 @@ Everything another layer needs is named here, so none of them imports a module i
 from modelfs.lineage import FileEntry, ModelInfo, Version
 from modelfs.repo.access import Access, make_dir, open_private, set_file_mode, store_access
 from modelfs.repo.chunks import ChunkRecord, Counters
-from modelfs.repo.chunksource import LAZY_REMOTE_KEY, ChunkSource, SourceCounters, StoreChunkSource
+from modelfs.repo.chunksource import (
+    LAZY_REMOTE_KEY,
+    ChunkSource,
+    SourceCounters,
+    StoreChunkSource,
+    copy_metadata,
+)
 from modelfs.repo.drafts import STAGING_LOCK, Draft, Drafts, staging_owner_alive
 from modelfs.repo.files import FileReader, FileRecord, StoredInline, StoredPart, StoredTensor
 from modelfs.repo.importer import ChunkHints, Progress, StoreSettings, mapped
@@ -20,5 +26,5 @@ from modelfs.repo.tables import RecordTable
 __all__ = ["LAZY_REMOTE_KEY", "STAGING_LOCK", "Access", "ChunkHints", "ChunkRecord", "ChunkSource", "Counters", "Draft", "Drafts",
            "FileEntry", "FileReader", "FileRecord", "FsckReport", "Inference", "Maintenance", "ModelInfo", "Progress",
            "RecordTable", "Repo", "SourceCounters", "StoreChunkSource", "StoreSettings", "StoredInline", "StoredPart", "StoredTensor", "Version",
-           "make_dir", "mapped", "open_private", "set_file_mode", "source_files", "staging_owner_alive",
+           "copy_metadata", "make_dir", "mapped", "open_private", "set_file_mode", "source_files", "staging_owner_alive",
            "store_access"]

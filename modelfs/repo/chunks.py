@@ -11,6 +11,7 @@ import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import blake3
 
@@ -19,6 +20,9 @@ from modelfs.dtypes import DTYPES, DType
 from modelfs.errors import CorruptData, ModelfsError, NotFound
 from modelfs.repo.chunksource import ChunkSource
 from modelfs.store import ReadTxn, Store
+
+if TYPE_CHECKING:  # the fetcher reads ChunkRecord from here
+    from modelfs.repo.lazy import LazyFetcher
 
 KEY_LEN = 32
 _VERSION = 1
@@ -100,11 +104,27 @@ class ChunkCache:
         self._inflight: dict[bytes, threading.Event] = {}
         self.counters = counters
         self.verify = verify
-        self.source: ChunkSource | None = None
+        self.lazy: LazyFetcher | None = None
 
-    def attach_source(self, source: ChunkSource | None) -> None:
-        """Fetch records missing from the store through `source` (a lazy store's remote)."""
-        self.source = source
+    def attach(self, fetcher: LazyFetcher | None) -> None:
+        """Fetch records missing from the store through `fetcher` (a lazy store's remote)."""
+        old, self.lazy = self.lazy, fetcher
+        if old is not None and old is not fetcher:
+            old.close()
+
+    @property
+    def source(self) -> ChunkSource | None:
+        return None if self.lazy is None else self.lazy.source
+
+    def ensure(self, keys: list[bytes]) -> None:
+        """On a lazy store, fetch in one batch what decoding `keys` will need and is not here."""
+        lz = self.lazy
+        if lz is None or not keys:
+            return
+        with self._lock:
+            keys = [k for k in keys if k not in self._lru]
+        if keys:
+            lz.ensure(keys)
 
     def peek(self, key: bytes) -> bytes | None:
         with self._lock:
@@ -129,16 +149,31 @@ class ChunkCache:
                 _, old = self._lru.popitem(last=False)
                 self._size -= len(old)
 
-    def record(self, key: bytes, txn: ReadTxn | None = None) -> ChunkRecord:
-        if txn is None:
-            with self._store.read() as t:
-                raw = t.get("chunks", key)
-                raw = bytes(raw) if raw is not None else None
-        else:
-            raw = txn.get("chunks", key)
-        if raw is None:
+    def _local(self, key: bytes, txn: ReadTxn | None) -> bytes | None:
+        if txn is not None:
+            return txn.get("chunks", key)
+        with self._store.read() as t:
+            raw = t.get("chunks", key)
+            return bytes(raw) if raw is not None else None
+
+    def _raw(self, key: bytes, txn: ReadTxn | None = None) -> tuple[bytes, bool]:
+        """A chunk's record bytes, and whether they came from the remote and wait for their check."""
+        raw = self._local(key, txn)
+        if raw is not None:
+            return raw, False
+        lz = self.lazy
+        if lz is None:
             raise NotFound(f"chunk {key.hex()} is missing from the store")
-        return ChunkRecord.from_bytes(raw)
+        got = lz.raw(key) or lz.fetch_one(key)
+        if got is None:  # kept in the store meanwhile
+            raw = self._local(key, None)
+            if raw is None:
+                raise NotFound(f"chunk {key.hex()} is missing from the store")
+            return raw, False
+        return got
+
+    def record(self, key: bytes, txn: ReadTxn | None = None) -> ChunkRecord:
+        return ChunkRecord.from_bytes(self._raw(key, txn)[0])
 
     def get(self, key: bytes) -> bytes:
         """The decoded bytes of a chunk (blocking: may decode it and its bases)."""
@@ -167,7 +202,28 @@ class ChunkCache:
                 ev.set()
 
     def decode(self, key: bytes, verify: bool | None = None) -> bytes:
-        rec = self.record(key)
+        raw, fetched = self._raw(key)
+        if not fetched:
+            return self._decode(key, raw, self.verify if verify is None else verify)
+        lz = self.lazy
+        assert lz is not None
+        try:  # a fetched record is always checked, and kept only once it passed
+            data = self._decode(key, raw, True)
+        except CorruptData as e:
+            lz.rejected(key)
+            raise CorruptData(f"{e} (fetched from remote {lz.source.name}; nothing was kept, "
+                              "the next read fetches it again)") from e
+        lz.accepted(key, raw)
+        return data
+
+    def _decode(self, key: bytes, raw: bytes, verify: bool) -> bytes:
+        try:
+            rec = ChunkRecord.from_bytes(raw)
+        except ModelfsError:
+            raise
+        except Exception as e:  # a truncated record fails inside struct or the dtype table
+            raise CorruptData(f"chunk {key.hex()} has a damaged record ({type(e).__name__}: {e})") from e
+        self.ensure([bk for bk, _ in rec.bases])
         bases = [self.get(bk) for bk, _ in rec.bases]
         ctx = EncodeContext(rec.dtype, bases, [dt for _, dt in rec.bases])
         try:
@@ -179,7 +235,7 @@ class ChunkCache:
                               "store damaged, run `modelfs fsck`") from e
         if len(data) != rec.length:
             raise CorruptData(f"chunk {key.hex()} decodes to {len(data)} bytes, expected {rec.length}")
-        if (self.verify if verify is None else verify) and chunk_key(data) != key:
+        if verify and chunk_key(data) != key:
             raise CorruptData(f"chunk {key.hex()} does not match its blake3 (store damaged)")
         self.counters.add_decode(len(data))
         return data

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from modelfs.errors import RemoteUnavailable
-from modelfs.store import LmdbStore, Store
+from modelfs.store import TABLES, LmdbStore, Store
 
 # the store's meta key naming the remote a lazy store fetches its chunks from
 LAZY_REMOTE_KEY = b"lazy_remote"
@@ -64,17 +64,17 @@ class StoreChunkSource:
         if isinstance(store, (str, Path)):
             self.name = name or str(store)
             try:
-                self._store: Store = LmdbStore(store, readonly=True)
+                self.store: Store = LmdbStore(store, readonly=True)
             except Exception as e:  # a path that is gone is a remote that is unavailable
                 raise RemoteUnavailable(f"remote store {self.name} cannot be opened: {e}") from e
         else:
             self.name = name or "store"
-            self._store = store
+            self.store = store
         self.counters = SourceCounters()
 
     def fetch(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
         out: dict[bytes, bytes] = {}
-        with self._store.read() as txn:
+        with self.store.read() as txn:
             for k in keys:
                 raw = txn.get("chunks", k)
                 if raw is not None:
@@ -83,4 +83,18 @@ class StoreChunkSource:
         return out
 
     def close(self) -> None:
-        self._store.close()
+        self.store.close()
+
+
+def copy_metadata(src: Store, dst: Store, skip: tuple[str, ...] = ("chunks", "pending")) -> int:
+    """Every record of `src` but its chunks (and uncommitted work) into `dst`, in one
+    transaction: what a lazy clone from a local store holds before its first read."""
+    n = 0
+    with src.read() as rt, dst.write() as wt:
+        for table in TABLES:
+            if table in skip:
+                continue
+            for k, v in rt.items(table):
+                wt.put(table, bytes(k), bytes(v))
+                n += 1
+    return n

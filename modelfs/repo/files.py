@@ -146,6 +146,8 @@ class FileReader:
         return [p.chunks[c] for p, c, _, _ in self._pieces(offset, size) if isinstance(p, StoredTensor)]
 
     def read(self, offset: int, size: int) -> bytes:
+        if self._cache.lazy is not None:  # one fetch for every chunk of the read
+            self._cache.ensure(self.chunk_keys(offset, size))
         out = []
         for p, c, a, b in self._pieces(offset, size):
             if isinstance(p, StoredInline):
@@ -167,7 +169,9 @@ class FileReader:
         return out[0] if len(out) == 1 else b"".join(out)
 
     def prefetch(self, offset: int, size: int) -> None:
-        for key in self.chunk_keys(offset, size):
+        keys = self.chunk_keys(offset, size)
+        self._cache.ensure(keys)
+        for key in keys:
             self._cache.get(key)
 
     def pieces(self) -> Iterator[tuple[bytes | None, bytes]]:
@@ -215,16 +219,30 @@ class Files:
             return
         futs: list[bytes | Future[bytes]] = []
         idx = 0
+        lazy = cache.lazy is not None
+
+        def fetch_then_get(keys: list[bytes], key: bytes) -> bytes:
+            cache.ensure(keys)  # a lazy store: the window's chunks in one fetch
+            return cache.get(key)
 
         def submit_upto(n: int) -> None:
             nonlocal idx
+            batch = [k for k, _ in pieces[idx:idx + n - len(futs)] if k is not None] if lazy else []
             while idx < len(pieces) and len(futs) < n:
                 key, data = pieces[idx]
-                futs.append(data if key is None else pool.submit(cache.get, key))
+                if key is None:
+                    futs.append(data)
+                elif batch:
+                    futs.append(pool.submit(fetch_then_get, batch, key))
+                else:
+                    futs.append(pool.submit(cache.get, key))
                 idx += 1
 
+        if lazy:  # the network wants fewer, larger requests: refill by half windows
+            window = max(window, 32)
         submit_upto(window)
         while futs:
             f = futs.pop(0)
-            submit_upto(window)
+            if not lazy or len(futs) <= window // 2:
+                submit_upto(window)
             yield f if isinstance(f, bytes) else f.result()

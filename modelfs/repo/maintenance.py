@@ -13,6 +13,7 @@ import blake3
 from modelfs.errors import ModelfsError
 from modelfs.lineage import FileEntry, LineageGraph
 from modelfs.repo.chunks import ChunkCache, chunk_key
+from modelfs.repo.chunksource import LAZY_REMOTE_KEY
 from modelfs.repo.drafts import Drafts
 from modelfs.repo.files import Files
 from modelfs.repo.reachability import Reachability
@@ -30,6 +31,11 @@ class FsckReport:
     versions_checked: int = 0
     unreferenced_chunks: int = 0
     unreferenced_files: int = 0
+    # a lazy store: chunks (and the files needing them) its remote holds, not fetched yet;
+    # not errors, and not checked here (each is checked against its blake3 when fetched)
+    lazy_remote: str | None = None
+    not_fetched_chunks: int = 0
+    not_fetched_files: int = 0
 
     @property
     def ok(self) -> bool:
@@ -39,7 +45,9 @@ class FsckReport:
         return {"ok": self.ok, "errors": self.errors, "chunks_checked": self.chunks_checked,
                 "files_checked": self.files_checked, "versions_checked": self.versions_checked,
                 "unreferenced_chunks": self.unreferenced_chunks,
-                "unreferenced_files": self.unreferenced_files}
+                "unreferenced_files": self.unreferenced_files, "lazy_remote": self.lazy_remote,
+                "not_fetched_chunks": self.not_fetched_chunks,
+                "not_fetched_files": self.not_fetched_files}
 
 
 class Maintenance:
@@ -58,10 +66,19 @@ class Maintenance:
         self._lock = lock
 
     # -- reachability ------------------------------------------------------------------------
-    def _reachable(self) -> Reachability:
-        """What versions and drafts reach (chunk bases included), and their dangling refs."""
+    def _lazy_remote(self) -> str | None:
         with self._store.read() as txn:
-            reach = Reachability(txn)
+            raw = txn.get("meta", LAZY_REMOTE_KEY)
+        return None if raw is None else bytes(raw).decode()
+
+    def _reachable(self) -> Reachability:
+        """What versions and drafts reach (chunk bases included), and their dangling refs.
+
+        On a lazy store a chunk not here is not dangling: its remote holds it.
+        """
+        lazy = self._lazy_remote() is not None
+        with self._store.read() as txn:
+            reach = Reachability(txn, lazy=lazy)
             for v in self._graph.all_versions(txn):
                 reach.add(v.ref, v.files)
             for ref, entries in self._drafts.manifests(txn):
@@ -71,19 +88,26 @@ class Maintenance:
     # -- du ------------------------------------------------------------------------------------
     def du(self) -> dict[str, Any]:
         """Logical bytes (as full copies) and stored bytes; each chunk counts for the first version that used it."""
-        models: dict[str, dict[str, int]] = {}
+        models: dict[str, dict[str, Any]] = {}
         with self._store.read() as txn:
             versions = sorted(self._graph.all_versions(txn), key=lambda v: v.time)
             reach = Reachability(txn, bases=False, sizes=True)
+            own: dict[str, Reachability] = {}  # per model: everything its versions reference
             for v in versions:
-                m = models.setdefault(v.model, {"logical": 0, "stored": 0, "versions": 0})
+                m = models.setdefault(v.model, {"logical": 0, "stored": 0, "versions": 0, "referenced": 0})
                 m["versions"] += 1
                 m["logical"] += sum(e.size for e in v.files.values())
                 m["stored"] += reach.add(v.ref, v.files)
+                m["referenced"] += own.setdefault(v.model, Reachability(txn, bases=False, sizes=True)
+                                                  ).add(v.ref, v.files)
         logical = sum(m["logical"] for m in models.values())
         stored = sum(m["stored"] for m in models.values())
         for m in models.values():
-            m["ratio"] = m["logical"] / m["stored"] if m["stored"] else 0.0  # type: ignore[assignment]
+            # stored: bytes first stored for this model; referenced: what its versions read,
+            # shared chunks included. A model stored entirely in others' chunks has stored 0.
+            m["ratio"] = m["logical"] / m["stored"] if m["stored"] else 0.0
+            m["referenced_ratio"] = m["logical"] / m["referenced"] if m["referenced"] else 0.0
+            m["shared"] = m["referenced"] - m["stored"]
         return {"models": models,
                 "total": {"logical": logical, "stored": stored,
                           "ratio": logical / stored if stored else 0.0,
@@ -93,10 +117,13 @@ class Maintenance:
     # -- fsck ----------------------------------------------------------------------------------
     def fsck(self, progress: Callable[[int], None] | None = None) -> FsckReport:
         """Decode every chunk and check its blake3; rebuild every file and check its blake3; check refs."""
-        report = FsckReport()
+        report = FsckReport(lazy_remote=self._lazy_remote())
         reach = self._reachable()
-        files, chunks = reach.files, reach.chunks
+        chunks = {k for k in reach.chunks if not reach.not_fetched or reach.complete(k)}
+        files = reach.files - reach.incomplete_files
         report.errors += reach.missing
+        report.not_fetched_chunks = len(reach.not_fetched)
+        report.not_fetched_files = len(reach.incomplete_files)
         with self._store.read() as txn:
             all_chunks = list(txn.keys("chunks"))
             all_files = list(txn.keys("files"))
@@ -109,8 +136,8 @@ class Maintenance:
                 for p in v.parents:
                     if txn.get("versions", p.encode()) is None:
                         report.errors.append(f"{v.ref}: parent {p} is missing")
-        report.unreferenced_chunks = len(set(all_chunks) - chunks)
-        report.unreferenced_files = len(set(all_files) - files)
+        report.unreferenced_chunks = len(set(all_chunks) - reach.chunks)
+        report.unreferenced_files = len(set(all_files) - reach.files)
 
         def check_chunk(k: bytes) -> str | None:
             try:

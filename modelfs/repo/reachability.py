@@ -24,13 +24,20 @@ class Reachability:
     record is read at all (a cheap chunk-key set).
     """
 
-    def __init__(self, txn: ReadTxn, *, bases: bool = True, sizes: bool = False) -> None:
+    def __init__(self, txn: ReadTxn, *, bases: bool = True, sizes: bool = False,
+                 lazy: bool = False) -> None:
         self._txn = txn
         self._bases = bases
         self._sizes = sizes
+        self._lazy = lazy
         self.files: set[bytes] = set()
         self.chunks: set[bytes] = set()
         self.missing: list[str] = []
+        # a lazy store: chunks its remote holds and it has not fetched yet, and the files
+        # (keys) and chunks whose bytes need one of them
+        self.not_fetched: set[bytes] = set()
+        self.incomplete_files: set[bytes] = set()
+        self._bases_of: dict[bytes, list[bytes]] = {}
 
     def add(self, ref: str, entries: Mapping[str, FileEntry]) -> int:
         """Reach `entries` (labelled `ref` in messages); returns the stored bytes newly reached
@@ -45,9 +52,26 @@ class Reachability:
                 continue
             self.files.add(e.key)
             new += len(raw)
+            keys: list[bytes] = []
             for t in FileRecord.from_bytes(raw).tensors():
                 new += self._reach_chunks(f"{ref}:{path}", list(t.chunks))
+                keys += t.chunks
+            if self._lazy and not all(self.complete(k) for k in keys):
+                self.incomplete_files.add(e.key)
         return new
+
+    def complete(self, key: bytes) -> bool:
+        """On a lazy store: whether a reached chunk and its whole base chain are local."""
+        stack, seen = [key], set()
+        while stack:
+            k = stack.pop()
+            if k in seen:
+                continue
+            seen.add(k)
+            if k in self.not_fetched:
+                return False
+            stack += self._bases_of.get(k, [])
+        return True
 
     def _reach_chunks(self, where: str, stack: list[bytes]) -> int:
         new = 0
@@ -61,12 +85,18 @@ class Reachability:
                 continue
             craw = self._txn.get("chunks", k)
             if craw is None:
-                self.missing.append(f"{where}: chunk {k.hex()} is missing")
+                if self._lazy:
+                    self.not_fetched.add(k)
+                else:
+                    self.missing.append(f"{where}: chunk {k.hex()} is missing")
                 continue
             self.chunks.add(k)
             new += len(craw)
             if self._bases:
-                stack += [b for b, _ in ChunkRecord.from_bytes(craw).bases]
+                bases = [b for b, _ in ChunkRecord.from_bytes(craw).bases]
+                stack += bases
+                if self._lazy and bases:
+                    self._bases_of[k] = bases
         return new
 
 

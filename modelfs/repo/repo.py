@@ -23,6 +23,7 @@ from modelfs.repo.chunksource import LAZY_REMOTE_KEY, ChunkSource
 from modelfs.repo.drafts import Drafts
 from modelfs.repo.files import FileReader, FileRecord, Files
 from modelfs.repo.importer import ChunkHints, Importer, Progress, StoreSettings
+from modelfs.repo.lazy import LazyFetcher
 from modelfs.repo.maintenance import Maintenance
 from modelfs.repo.parents import Inference, Parents
 from modelfs.repo.reachability import chunk_keys
@@ -99,6 +100,7 @@ class Repo:
         return cls(store, Path(path), **kw)
 
     def close(self) -> None:
+        self.cache.attach(None)  # keeps what was fetched before the store closes
         self.store.close()
 
     def __enter__(self) -> Repo:
@@ -340,8 +342,19 @@ class Repo:
                 txn.put("meta", LAZY_REMOTE_KEY, name.encode())
 
     def attach_chunk_source(self, source: ChunkSource | None) -> None:
-        """Read missing chunk records through `source` from now on (a lazy store's remote)."""
-        self.cache.attach_source(source)
+        """Read missing chunk records through `source` from now on (a lazy store's remote);
+        each is checked against its blake3 before use and then kept in this store."""
+        self.cache.attach(None if source is None else LazyFetcher(self.store, source, self._lock))
+
+    def fetch_stats(self) -> dict[str, int] | None:
+        """What the chunk source moved so far (None on a store without one)."""
+        lz = self.cache.lazy
+        return None if lz is None else lz.stats.to_json()
+
+    def flush_fetched(self, timeout: float | None = None) -> bool:
+        """Wait until every chunk fetched and checked so far is kept in the store."""
+        lz = self.cache.lazy
+        return True if lz is None else lz.flush(timeout)
 
     @property
     def chunk_source(self) -> ChunkSource | None:
