@@ -106,18 +106,19 @@ def test_os_environ_is_read_only_in_the_cli() -> None:
 # layer -> modelfs layers it must never import
 FORBIDDEN = {
     "store": {"codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "names", "dtypes", "numerics",
-              "demo"},
-    "codecs": {"store", "formats", "lineage", "repo", "cli", "fs", "ops", "demo"},
-    "formats": {"store", "codecs", "lineage", "repo", "cli", "fs", "ops", "demo"},
-    "lineage": {"codecs", "formats", "repo", "cli", "fs", "ops", "demo"},
-    "repo": {"cli", "fs", "ops", "demo"},
-    "errors": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "demo"},
-    "registry": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "demo"},
-    "names": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "demo"},
-    "dtypes": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "demo"},
-    "numerics": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "demo"},
+              "demo", "remote"},
+    "codecs": {"store", "formats", "lineage", "repo", "cli", "fs", "ops", "demo", "remote"},
+    "formats": {"store", "codecs", "lineage", "repo", "cli", "fs", "ops", "demo", "remote"},
+    "lineage": {"codecs", "formats", "repo", "cli", "fs", "ops", "demo", "remote"},
+    "repo": {"cli", "fs", "ops", "demo", "remote"},
+    "errors": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "demo", "remote"},
+    "registry": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "demo", "remote"},
+    "names": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "demo", "remote"},
+    "dtypes": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "demo", "remote"},
+    "numerics": {"store", "codecs", "formats", "lineage", "repo", "cli", "fs", "ops", "demo", "remote"},
     "fs": {"cli"},
-    "ops": {"cli", "fs"},
+    "ops": {"cli", "fs", "remote"},
+    "remote": {"cli", "fs", "ops", "demo"},
 }
 
 
@@ -161,6 +162,15 @@ def test_only_tests_import_the_conformance_suites() -> None:
     offenders = [f"{path.relative_to(PKG.parent)}:{line}"
                  for name, path, tree in ALL if layer(name) != "testing"
                  for mod, line in imported_modules(name, tree) if layer(mod) == "testing"]
+    assert not offenders, offenders
+
+
+def test_only_the_cli_and_the_mount_daemon_import_remote() -> None:
+    """Remotes sit beside the front ends: the CLI's verbs and a lazy mount's daemon reach them."""
+    offenders = [f"{path.relative_to(PKG.parent)}:{line} imports {mod}"
+                 for name, path, tree in ALL
+                 if layer(name) not in ("remote", "cli") and name != "modelfs.fs.daemon"
+                 for mod, line in imported_modules(name, tree) if layer(mod) == "remote"]
     assert not offenders, offenders
 
 

@@ -22,9 +22,10 @@ from modelfs.repo.parents import Inference
 from modelfs.repo.repo import Repo
 from modelfs.repo.sources import source_files
 from modelfs.repo.tables import RecordTable
+from modelfs.repo.transfer import Transfer, file_record_chunks
 
 __all__ = ["LAZY_REMOTE_KEY", "STAGING_LOCK", "Access", "ChunkHints", "ChunkRecord", "ChunkSource", "Counters", "Draft", "Drafts",
            "FileEntry", "FileReader", "FileRecord", "FsckReport", "Inference", "Maintenance", "ModelInfo", "Progress",
-           "RecordTable", "Repo", "SourceCounters", "StoreChunkSource", "StoreSettings", "StoredInline", "StoredPart", "StoredTensor", "Version",
-           "copy_metadata", "make_dir", "mapped", "open_private", "set_file_mode", "source_files", "staging_owner_alive",
+           "RecordTable", "Repo", "SourceCounters", "StoreChunkSource", "StoreSettings", "StoredInline", "StoredPart", "StoredTensor", "Transfer", "Version",
+           "copy_metadata", "make_dir", "mapped", "open_private", "set_file_mode", "file_record_chunks", "source_files", "staging_owner_alive",
            "store_access"]

@@ -77,6 +77,15 @@ class Recorder:
         txn.put("meta", DATA_VERSION_KEY, str(data_version(txn) + 1).encode())
         return v
 
+    def adopt_in(self, txn: WriteTxn, v: Version, move_head: bool = True) -> None:
+        """Write a version made elsewhere (pulled from a remote) as it is: its id, number and
+        time kept, its index entries written as `record_in` writes them. Its file records must
+        be in `txn` already."""
+        named = self._index_signatures(txn, v, [])
+        sketches.index_version(txn, v.id, v.files, data_version(txn), named)
+        self._graph.add_version(txn, v, move_head)
+        txn.put("meta", DATA_VERSION_KEY, str(data_version(txn) + 1).encode())
+
     def advance_head(self, version_id: str) -> Version:
         """Make a version stored beside the head (``move_head=False``) the head, if the head is
         still the version it was built on; otherwise Conflict and nothing changes."""
