@@ -19,29 +19,42 @@
 enum { OP_NONE = 0, OP_XOR = 1, OP_SUB = 2 };
 #define MAX_PLANES 16
 
-/* Element i from its planes, as an unsigned integer of N bytes (little-endian order). */
-#define JOIN_LOOP(T, N)                                                                 \
-    for (Py_ssize_t i = 0; i < n; i++) {                                                \
-        T v = 0;                                                                        \
-        for (int k = 0; k < (N); k++) v |= (T)p[k][i] << (8 * k);                        \
-        if (op == OP_XOR) {                                                             \
-            T q;                                                                        \
-            memcpy(&q, pred + i * (N), (N));                                            \
-            v ^= q;                                                                     \
-        } else if (op == OP_SUB) {                                                      \
-            T q;                                                                        \
-            memcpy(&q, pred + i * (N), (N));                                            \
-            v = (T)((v >> 1) ^ (T)(0 - (v & 1))) + q;                                   \
-        }                                                                               \
-        memcpy(out + i * (N), &v, (N));                                                 \
+/* Element i from its planes, as an unsigned integer of N bytes (little-endian order), then
+ * the residual applied. One loop per (size, op), so the compiler vectorises each. */
+#define ELEMENT(T, N) \
+    T v = 0;          \
+    for (int k = 0; k < (N); k++) v |= (T)p[k][i] << (8 * k);
+
+#define JOIN_LOOPS(T, N)                                                              \
+    if (op == OP_NONE) {                                                              \
+        for (Py_ssize_t i = 0; i < n; i++) {                                          \
+            ELEMENT(T, N)                                                             \
+            memcpy(out + i * (N), &v, (N));                                           \
+        }                                                                             \
+    } else if (op == OP_XOR) {                                                        \
+        for (Py_ssize_t i = 0; i < n; i++) {                                          \
+            ELEMENT(T, N)                                                             \
+            T q;                                                                      \
+            memcpy(&q, pred + i * (N), (N));                                          \
+            v ^= q;                                                                   \
+            memcpy(out + i * (N), &v, (N));                                           \
+        }                                                                             \
+    } else {                                                                          \
+        for (Py_ssize_t i = 0; i < n; i++) {                                          \
+            ELEMENT(T, N)                                                             \
+            T q;                                                                      \
+            memcpy(&q, pred + i * (N), (N));                                          \
+            v = (T)((T)(v >> 1) ^ (T)(0 - (v & 1))) + q;                              \
+            memcpy(out + i * (N), &v, (N));                                           \
+        }                                                                             \
     }
 
-static void join(unsigned char *out, const unsigned char *const *p, Py_ssize_t n, int isz,
-                 const unsigned char *pred, int op) {
+static void join(unsigned char *restrict out, const unsigned char *const *p, Py_ssize_t n, int isz,
+                 const unsigned char *restrict pred, int op) {
     switch (isz) {
-    case 2: JOIN_LOOP(uint16_t, 2) return;
-    case 4: JOIN_LOOP(uint32_t, 4) return;
-    case 8: JOIN_LOOP(uint64_t, 8) return;
+    case 2: JOIN_LOOPS(uint16_t, 2) return;
+    case 4: JOIN_LOOPS(uint32_t, 4) return;
+    case 8: JOIN_LOOPS(uint64_t, 8) return;
     default:
         for (Py_ssize_t i = 0; i < n; i++)
             for (int k = 0; k < isz; k++) {
