@@ -7,6 +7,7 @@ Every user error becomes one clear line on stderr and a non-zero exit, here, onc
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -19,7 +20,7 @@ import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from modelfs.errors import ModelfsError
-from modelfs.repo import Repo
+from modelfs.repo import ChunkSource, Repo
 
 DEFAULT_STORE = Path.home() / ".modelfs" / "store"
 
@@ -49,11 +50,25 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ModelfsError as e:
+            if _closed_pipe(e):
+                pipe_closed()
             raise click.ClickException(str(e)) from None
-        except BrokenPipeError:
-            pipe_closed()
         except OSError as e:
+            if _closed_pipe(e):  # BrokenPipeError, or an EPIPE some library re-raised as OSError
+                pipe_closed()
             raise click.ClickException(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
+
+
+def _closed_pipe(e: BaseException) -> bool:
+    """Whether `e` is (or was raised while handling) a write into a pipe whose reader left."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno == errno.EPIPE:
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 @click.group(cls=_Group)
@@ -68,11 +83,18 @@ def cli(ctx: click.Context, store: str | None, verbose: bool) -> None:
     ctx.obj["store"] = store_path(store)
 
 
+def _chunk_source(repo: Repo, remote: str) -> ChunkSource:
+    from modelfs.remote import open_chunk_source  # the S3 client loads only when a chunk is fetched
+
+    return open_chunk_source(repo, remote)
+
+
 @contextmanager
 def open_repo(ctx: click.Context, cache_bytes: int | None = None) -> Iterator[Repo]:
     """The store the group's --store names, closed when the command is done with it."""
     kw = {"cache_bytes": cache_bytes} if cache_bytes else {}
     repo = Repo.open(ctx.find_root().obj["store"], **kw)
+    repo.attach_lazy_remote(_chunk_source)  # a lazy store reads missing chunks from its remote
     try:
         yield repo
     finally:

@@ -55,13 +55,23 @@ def _tensor_line(td: Any) -> str:
     return line
 
 
-def _summary(counts: dict[str, int], stats: Any) -> str:
+def _summary(counts: dict[str, int], stats: Any, elements: int, differing: int) -> str:
+    """Tensor counts, then elements that differ over the elements of every tensor (unchanged
+    ones included), then the norms of the change over the tensors that were compared."""
     parts = [f"{counts[k]} {k}" for k in ("changed", "unchanged", "added", "removed") if counts[k]]
     out = ", ".join(parts) or "no tensors"
+    if elements:
+        out += f"; {_count(differing)} of {_count(elements)} elements differ ({100 * differing / elements:.2f}%)"
     if stats.n:
-        out += (f"; {_count(stats.changed)} of {_count(stats.n)} elements differ"
-                f" ({100 * stats.changed / stats.n:.2f}%), ||d|| {_num(stats.l2)}, rel {_num(stats.rel)}")
+        out += f", ||d|| {_num(stats.l2)}, rel {_num(stats.rel)}"
     return out
+
+
+def _smaller(b_logical: int, delta: int) -> str:
+    """How much smaller than a full copy B costs given A; nothing new is not "infx"."""
+    if not delta:
+        return "nothing new to store" if b_logical else "empty"
+    return f"{b_logical / delta:.1f}x smaller than a full copy"
 
 
 @click.command("diff")
@@ -108,7 +118,8 @@ def diff_command(ctx: click.Context, a: str, b: str, as_json: bool, stat: bool, 
                         f"{human_bytes(ev.b.size) if ev.b else '-'}")
                 head = f"{mark} {ev.path}  [{(ev.b or ev.a).format}] {size}"  # type: ignore[union-attr]
                 if ev.status == "changed":
-                    head += f"; {_summary(ev.counts, ev.stats)}; stored delta {human_bytes(ev.delta_bytes)}"
+                    head += (f"; {_summary(ev.counts, ev.stats, ev.elements, ev.differing)}; "
+                             f"stored delta {human_bytes(ev.delta_bytes)}")
                 click.echo(head)
                 for line in pending:
                     click.echo(line)
@@ -117,11 +128,11 @@ def diff_command(ctx: click.Context, a: str, b: str, as_json: bool, stat: bool, 
                 pending, hidden = [], 0
             elif isinstance(ev, DiffTotal):
                 f = ev.files
-                click.echo(f"total: {sum(f.values())} files ({', '.join(f'{v} {k}' for k, v in f.items() if v)}); "
-                           f"tensors: {_summary(ev.tensors, ev.stats)}")
-                ratio = ev.b_logical / ev.delta_bytes if ev.delta_bytes else float("inf")
+                click.echo(f"total: {sum(f.values())} files ({', '.join(f'{v} {k}' for k, v in f.items() if v)}; "
+                           f"{ev.tensor_files} with tensors, {ev.other_files} other); "
+                           f"tensors: {_summary(ev.tensors, ev.stats, ev.elements, ev.differing)}")
                 click.echo(f"stored size of {vb.ref} given {va.ref}: {human_bytes(ev.delta_bytes)} "
-                           f"for {human_bytes(ev.b_logical)} ({ratio:.1f}x smaller than a full copy)")
+                           f"for {human_bytes(ev.b_logical)} ({_smaller(ev.b_logical, ev.delta_bytes)})")
 
 
 # ---------------------------------------------------------------- merge

@@ -173,11 +173,25 @@ def export(ctx: click.Context, ref: str, dest: Path) -> None:
         click.echo(f"exported {v.ref} to {dest}")
 
 
+def _ratio(m: dict[str, Any]) -> str:
+    """A model's ratio column: logical over the bytes first stored for it; a model whose every
+    chunk another model stored first adds nothing, so say so, with what it references."""
+    if m["stored"]:
+        return f"{m['ratio']:>8.1f}x"
+    if not m["logical"]:
+        return f"{'-':>9}"
+    return (f"{'shared':>9}  (all {human_bytes(m['referenced'])} it references are shared: "
+            f"{m['referenced_ratio']:.1f}x)")
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def du(ctx: click.Context, as_json: bool) -> None:
-    """Logical bytes (as full copies), stored bytes and the ratio, per model and in total."""
+    """Logical bytes (as full copies), stored bytes and the ratio, per model and in total.
+
+    A model's stored bytes are those first stored for it; a model made entirely of chunks
+    stored earlier for others shows 0 B and "shared", with the bytes its versions reference."""
     with open_repo(ctx) as repo:
         report = repo.maintenance().du()
     if as_json:
@@ -186,7 +200,7 @@ def du(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"{'model':<28}{'versions':>9}{'logical':>12}{'stored':>12}{'ratio':>9}")
     for name, m in sorted(report["models"].items()):
         click.echo(f"{name:<28}{m['versions']:>9}{human_bytes(m['logical']):>12}"
-                   f"{human_bytes(m['stored']):>12}{m['ratio']:>8.1f}x")
+                   f"{human_bytes(m['stored']):>12}{_ratio(m)}")
     t = report["total"]
     click.echo(f"{'total':<28}{t['versions']:>9}{human_bytes(t['logical']):>12}"
                f"{human_bytes(t['stored']):>12}{t['ratio']:>8.2f}x")
@@ -208,7 +222,9 @@ def fsck(ctx: click.Context, as_json: bool) -> None:
                    f"{report.chunks_checked} chunks: {'ok' if report.ok else f'{len(report.errors)} errors'}")
         if report.unreferenced_chunks or report.unreferenced_files:
             click.echo(f"{report.unreferenced_chunks} chunks and {report.unreferenced_files} file records "
-                       "are unreferenced (left by an interrupted import; `modelfs gc` removes them)")
+                       "no version or draft reaches (left by an interrupted import, a save into the "
+                       "mount that was overwritten before it became a version, or a removed or "
+                       "pruned version); `modelfs gc` frees them")
     if not report.ok:
         sys.exit(1)
 

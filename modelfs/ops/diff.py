@@ -148,10 +148,14 @@ class FileDiff:
         ("changed", "unchanged", "added", "removed"), 0))
     stats: Stats = field(default_factory=Stats)
     delta_bytes: int = 0  # what B's copy of this file adds to a store holding A
+    elements: int = 0  # elements of every tensor in the file (B's; A's for a removed one)
+    differing: int = 0  # of those, elements that differ (changed, added or removed)
+    holds_tensors: bool = False  # a checkpoint file, not a config or tokenizer
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path, "status": self.status, "tensors": dict(self.counts),
-                             "delta_stored_bytes": self.delta_bytes}
+                             "delta_stored_bytes": self.delta_bytes, "holds_tensors": self.holds_tensors,
+                             "element_count": self.elements, "differing_elements": self.differing}
         for side, e in (("a", self.a), ("b", self.b)):
             if e is not None:
                 d[side] = {"size": e.size, "format": e.format, "blake3": e.blake3_hex}
@@ -169,11 +173,17 @@ class DiffTotal:
     stats: Stats = field(default_factory=Stats)
     delta_bytes: int = 0
     b_logical: int = 0
+    elements: int = 0  # over every tensor of both versions (B's, plus A's removed ones)
+    differing: int = 0
+    tensor_files: int = 0  # files holding tensors; the others (configs, tokenizers) apart
+    other_files: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"files": dict(self.files), "tensors": dict(self.tensors),
                 "elements": self.stats.to_json(), "delta_stored_bytes": self.delta_bytes,
-                "b_logical_bytes": self.b_logical}
+                "b_logical_bytes": self.b_logical, "element_count": self.elements,
+                "differing_elements": self.differing, "tensor_files": self.tensor_files,
+                "other_files": self.other_files}
 
 
 DiffEvent = TensorDiff | FileDiff | DiffTotal
@@ -270,7 +280,10 @@ class Differ:
                     total.b_logical += eb.size
                 if ea is not None and eb is not None and ea.key == eb.key:
                     fd.status = "unchanged"
-                    fd.counts["unchanged"] = sum(1 for _ in self.repo.file_record(ea).tensors())
+                    named = [t for t in self.repo.file_record(ea).tensors() if t.name]
+                    fd.counts["unchanged"] = len(named)
+                    fd.holds_tensors = bool(named)
+                    fd.elements = sum(math.prod(t.shape) for t in named)
                 else:
                     yield from self._file_tensors(pool, path, ea, eb, fd, a_file_keys)
                     if ea is None:
@@ -282,6 +295,12 @@ class Differ:
                     total.tensors[k] += v
                 total.stats.add(fd.stats)
                 total.delta_bytes += fd.delta_bytes
+                total.elements += fd.elements
+                total.differing += fd.differing
+                if fd.holds_tensors:
+                    total.tensor_files += 1
+                else:
+                    total.other_files += 1
                 yield fd
         yield total
 
@@ -299,10 +318,21 @@ class Differ:
         tb_by = {t.name: t for t in tb_list}
         for name in names:
             td = self._tensor_diff(pool, path, ta_by.get(name), tb_by.get(name), ra, rb)
+            yield td
+            if not name:  # the bytes of a file that is not a checkpoint: no tensor to count
+                continue
+            fd.holds_tensors = True
             fd.counts[td.status] += 1
+            t = td.b or td.a
+            assert t is not None
+            n = math.prod(t.shape)
+            fd.elements += n
+            if td.status in ("added", "removed"):
+                fd.differing += n
+            elif td.status == "changed":
+                fd.differing += td.stats.changed if td.stats is not None else n
             if td.stats is not None and td.stats.numeric:
                 fd.stats.add(td.stats)
-            yield td
 
 
 def diff_versions(repo: Repo, a: Version, b: Version, **kw: Any) -> Iterator[DiffEvent]:

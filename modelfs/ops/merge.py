@@ -162,9 +162,32 @@ class _Planner:
     def run(self) -> None:
         paths = sorted(set(self.plan.a.files) | set(self.plan.b.files)
                        | (set(self.plan.base.files) if self.plan.base else set()))
+        self.check_same_model()
         for path in paths:
             entries = {s: v.files.get(path) if v else None for s, v in self.versions.items()}
             self.plan_file(path, entries)
+
+    def check_same_model(self) -> None:
+        """Two different models (a GPT-2 and a BERT) are no merge: they share no tensor, or
+        their configs name different architectures. Said before anything is planned."""
+        a, b = self.plan.a, self.plan.b
+        names = {s: {t.name for e in v.files.values() if _rewritable(e.format)
+                     for t in self.repo.file_record(e).tensors() if t.name}
+                 for s, v in (("a", a), ("b", b))}
+        if names["a"] and names["b"] and not names["a"] & names["b"]:
+            self.conflict(f"{a.ref} and {b.ref} share no tensor ({len(names['a'])} and "
+                          f"{len(names['b'])} tensors, no name in common): they are different "
+                          "models, and a merge would hold both; merge versions of one architecture")
+        for path in sorted(set(a.files) & set(b.files)):
+            if path.rsplit("/", 1)[-1] != "config.json" or any(r.matches(path) for r in self.plan.rules):
+                continue
+            ca, cb = _config(self.repo, a.files[path]), _config(self.repo, b.files[path])
+            for key in CONFIG_IDENTITY:
+                if key in ca and key in cb and ca[key] != cb[key]:
+                    self.conflict(f"{path}: A ({a.ref}) has {key} {json.dumps(ca[key])}, B ({b.ref}) "
+                                  f"has {json.dumps(cb[key])}: the configs describe different models; "
+                                  f"if they are one architecture after all, choose with --rule "
+                                  f"'{path}=take-a' (or take-b)")
 
     def plan_file(self, path: str, e: dict[Side, FileEntry | None]) -> None:
         ea, eb = e["a"], e["b"]
@@ -290,6 +313,21 @@ class _Planner:
                           f"'{name}=take-a' (or take-b)")
             return None
         return TensorPlan(name, None, strategy.name, params, ta, inputs)
+
+
+CONFIG_IDENTITY = ("model_type", "architectures")  # config.json keys that name the architecture
+CONFIG_MAX = 1 << 20  # a config bigger than this is not a transformers config: not read
+
+
+def _config(repo: Repo, entry: FileEntry) -> dict[str, Any]:
+    """A config.json's keys, or {} when it is not a small JSON object."""
+    if entry.size > CONFIG_MAX:
+        return {}
+    try:
+        d = json.loads(b"".join(repo.iter_file(entry)))
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return d if isinstance(d, dict) else {}
 
 
 def _rewritable(fmt: str) -> bool:
