@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from modelfs.cli.app import open_repo
+from modelfs.cli.lazy_status import fetch_lines, fetch_status
 from modelfs.repo import Repo
 
 
@@ -72,6 +73,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """Drafts waiting to commit: pending changes per model, and why a held one waits."""
     with open_repo(ctx) as repo:
         _print_drafts(_draft_rows(repo), as_json)
+        if not as_json:  # a lazy store's remote, the mounts' fetches and cache hit rates
+            for line in fetch_lines(fetch_status(repo)):
+                click.echo(line)
 
 
 @click.command()

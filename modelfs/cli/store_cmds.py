@@ -220,6 +220,10 @@ def fsck(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"error: {e}", err=True)
         click.echo(f"checked {report.versions_checked} versions, {report.files_checked} files, "
                    f"{report.chunks_checked} chunks: {'ok' if report.ok else f'{len(report.errors)} errors'}")
+        if report.not_fetched_chunks:
+            click.echo(f"{report.not_fetched_chunks} chunks ({report.not_fetched_files} files) not "
+                       f"fetched yet (lazy): remote {report.lazy_remote} holds them, and each is "
+                       "checked against its blake3 when fetched")
         if report.unreferenced_chunks or report.unreferenced_files:
             click.echo(f"{report.unreferenced_chunks} chunks and {report.unreferenced_files} file records "
                        "no version or draft reaches (left by an interrupted import, a save into the "

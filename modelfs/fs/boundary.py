@@ -18,7 +18,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
 
-from modelfs.errors import NotFound
+from modelfs.errors import CorruptData, NotFound, RemoteUnavailable
 from modelfs.fs.nodes import Attr, FsError
 
 log = logging.getLogger("modelfs.fs")
@@ -52,6 +52,12 @@ def boundary(
                 log.info("%s%r: %s (%s)", fn.__name__, tuple(args)[:3], os.strerror(e.errno),
                          e.what)
             raise pyfuse3.FUSEError(e.errno) from None
+        except (RemoteUnavailable, CorruptData) as e:
+            if fn.__name__ in _DATA_HANDLERS and fetch_failure(e):  # a lazy store's fetch failed: one line, EIO, retry later
+                log.error("%s%r: %s; answering EIO", fn.__name__, tuple(args)[:3], e)
+            else:
+                log.exception("%s%r failed; answering EIO", fn.__name__, tuple(args)[:3])
+            raise pyfuse3.FUSEError(errno.EIO) from None
         except NotFound:
             if fn.__name__ in _DATA_HANDLERS:  # a missing chunk or record: the store is damaged
                 log.exception("%s%r: missing from the store; answering EIO", fn.__name__,
@@ -63,6 +69,12 @@ def boundary(
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+def fetch_failure(e: BaseException) -> bool:
+    """A lazy store's fetch failed (remote down, timed out, or sent damaged bytes): worth one
+    log line naming the chunk and the remote, not a traceback; the next read retries."""
+    return isinstance(e, (RemoteUnavailable, CorruptData))
 
 
 def store_errno(e: BaseException) -> int:

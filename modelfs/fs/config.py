@@ -33,6 +33,17 @@ class MountConfig:
     trigger: int = _opt(8 << 20, "sequential bytes read before read-ahead starts", hidden=True)
     stage_delay: float = _opt(0.0, "wait before storing each closed file (tests)", hidden=True)
 
+    def for_lazy_store(self) -> MountConfig:
+        """Read-ahead for a store whose chunks come over the network: a window four times as
+        deep and pieces (one fetch each) four times as large, where left at their defaults,
+        so the next fetch is always in flight (hf-mount reads 8 to 128 MiB ahead)."""
+        out = self
+        for name, factor in (("window", 4), ("piece", 4)):
+            f = next(f for f in dataclasses.fields(self) if f.name == name)
+            if getattr(self, name) == f.default:
+                out = dataclasses.replace(out, **{name: f.default * factor})
+        return out
+
     @staticmethod
     def _flag(name: str) -> str:
         return "--" + name.replace("_", "-")

@@ -112,6 +112,8 @@ class MountCore:
         out = {k: int(getattr(c, k)) for k in ("chunks_decoded", "bytes_decoded", "cache_hits")
                if hasattr(c, k)}
         out.update(asdict(self.stats))
+        fetched = self.repo.fetch_stats() if hasattr(self.repo, "fetch_stats") else None
+        out.update({f"lazy_{k}": v for k, v in (fetched or {}).items()})  # a lazy store's fetches
         out["open_files"] = len(self._open)
         out["inodes"] = self.tree.inode_count
         return out

@@ -34,7 +34,7 @@ from modelfs.fs.config import MountConfig
 from modelfs.fs.draftsync import Recovery, plan_recovery
 from modelfs.fs.ops import Operations
 from modelfs.fs.staging import StagingArea
-from modelfs.repo import Repo, set_file_mode, store_access
+from modelfs.repo import ChunkSource, Repo, set_file_mode, store_access
 
 log = logging.getLogger("modelfs.fs")
 
@@ -130,6 +130,12 @@ def _writer_lock(store: Path, mnt: Path) -> locks.ExclusiveLock:
         raise ModelfsError(f"cannot lock {store} for a writable mount: {e.strerror}") from None
 
 
+def _chunk_source(repo: Repo, remote: str) -> ChunkSource:
+    from modelfs.remote import open_chunk_source  # the S3 client loads only for a lazy store
+
+    return open_chunk_source(repo, remote)
+
+
 def serve(store: Path, mountpoint: Path, config: MountConfig | None = None) -> None:
     """Mount ``store`` at ``mountpoint`` and serve until unmounted or signalled."""
     config = config or MountConfig()
@@ -141,6 +147,11 @@ def serve(store: Path, mountpoint: Path, config: MountConfig | None = None) -> N
     repo = Repo.open(store, cache_bytes=config.cache_mb << 20)
     staging: StagingArea | None = None
     try:
+        lazy = repo.attach_lazy_remote(_chunk_source)  # a lazy store: chunks on first read
+        if lazy is not None:
+            config = config.for_lazy_store()
+            log.info("lazy store: chunks not here are fetched from remote %s (read-ahead %d "
+                     "MiB)", lazy, config.window >> 20)
         if not config.read_only:
             try:
                 staging = StagingArea(store / "staging")

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from modelfs.fs.boundary import boundary, entry_attributes, statvfs_data, store_errno
+from modelfs.fs.boundary import boundary, entry_attributes, fetch_failure, statvfs_data, store_errno
 from modelfs.fs.config import MountConfig
 from modelfs.fs.control import MountEntry
 from modelfs.fs.core import BaseRead, CloseAction, MountCore
@@ -102,9 +102,9 @@ class Operations(pyfuse3.Operations):
                                           limiter=self._prefetch_limiter)
             self.stats.prefetches += 1
             self.stats.prefetch_bytes += size
-        except Exception:  # a prefetch is a hint: the read that needs the bytes reports errors
+        except Exception as e:  # a prefetch is a hint: the read that needs the bytes reports errors
             self.stats.errors += 1
-            log.warning("prefetch of %d bytes at %d failed", size, offset, exc_info=True)
+            log.warning("prefetch of %d bytes at %d failed: %s", size, offset, e, exc_info=not fetch_failure(e))
 
     def _send_invalidations(self) -> None:
         inv = self.tree.take_pending()

@@ -15,11 +15,11 @@ to be trusted.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from modelfs.errors import RemoteUnavailable
+from modelfs.errors import ModelfsError, RemoteUnavailable
 from modelfs.store import TABLES, LmdbStore, Store
 
 # the store's meta key naming the remote a lazy store fetches its chunks from
@@ -55,6 +55,41 @@ class SourceCounters:
             self.requests += 1
             self.chunks += chunks
             self.bytes += nbytes
+
+
+class DeferredSource:
+    """A lazy store's source, opened on its first fetch, not when the store is opened.
+
+    Commands that read no chunk (log, status, remote ...) then never touch the remote, and
+    a remote that cannot be opened fails the read that needed it, not the whole command.
+    """
+
+    def __init__(self, name: str, opener: Callable[[], ChunkSource]) -> None:
+        self.name = name
+        self._opener = opener
+        self._source: ChunkSource | None = None
+        self._mu = threading.Lock()
+
+    @property
+    def opened(self) -> ChunkSource | None:
+        return self._source
+
+    def fetch(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        with self._mu:
+            if self._source is None:
+                try:
+                    self._source = self._opener()
+                except RemoteUnavailable:
+                    raise
+                except ModelfsError as e:  # unknown remote, bad config: the next read tries again
+                    raise RemoteUnavailable(f"remote {self.name} cannot be opened: {e}") from None
+            src = self._source
+        return src.fetch(keys)
+
+    def close(self) -> None:
+        close = getattr(self._source, "close", None)
+        if callable(close):
+            close()
 
 
 class StoreChunkSource:

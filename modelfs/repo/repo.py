@@ -7,7 +7,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from modelfs.lineage import FileEntry, LineageGraph, ModelInfo, Version
 from modelfs.names import check_file_path, check_model_name
 from modelfs.repo.access import prepare_store, seal_store
 from modelfs.repo.chunks import ChunkCache, ChunkRecord, Counters
-from modelfs.repo.chunksource import LAZY_REMOTE_KEY, ChunkSource
+from modelfs.repo.chunksource import LAZY_REMOTE_KEY, ChunkSource, DeferredSource, SourceCounters
 from modelfs.repo.drafts import Drafts
 from modelfs.repo.files import FileReader, FileRecord, Files
 from modelfs.repo.importer import ChunkHints, Importer, Progress, StoreSettings
@@ -346,10 +346,26 @@ class Repo:
         each is checked against its blake3 before use and then kept in this store."""
         self.cache.attach(None if source is None else LazyFetcher(self.store, source, self._lock))
 
+    def attach_lazy_remote(self, opener: Callable[[Repo, str], ChunkSource]) -> str | None:
+        """On a lazy store, read missing chunks through ``opener(self, remote)``, called on the
+        first fetch (the CLI and the mount pass the remote layer's `open_chunk_source`);
+        returns the remote's name, None on a full store."""
+        name = self.lazy_remote()
+        if name is not None:
+            self.attach_chunk_source(DeferredSource(name, lambda: opener(self, name)))
+        return name
+
     def fetch_stats(self) -> dict[str, int] | None:
         """What the chunk source moved so far (None on a store without one)."""
         lz = self.cache.lazy
-        return None if lz is None else lz.stats.to_json()
+        if lz is None:
+            return None
+        out = lz.stats.to_json()
+        src = lz.source
+        wire = getattr(src.opened if isinstance(src, DeferredSource) else src, "counters", None)
+        if isinstance(wire, SourceCounters):  # what crossed the network, counted by the source
+            out.update(requests=wire.requests, wire_bytes=wire.bytes)
+        return out
 
     def flush_fetched(self, timeout: float | None = None) -> bool:
         """Wait until every chunk fetched and checked so far is kept in the store."""
