@@ -20,7 +20,7 @@ from modelfs.store import TABLES, Store
 
 # Maintained by the repo itself: versions, file and chunk records, the lineage indexes.
 REPO_TABLES = frozenset({"meta", "chunks", "files", "versions", "models", "vnums", "children", "tsig",
-                         "sketch", "pending"})
+                         "sketch", "pending", "tags", "annotations"})
 
 
 class RecordTable:

@@ -23,6 +23,8 @@ TABLES: tuple[str, ...] = (
     "tests",  # test name -> test definition JSON (ops/checks.py: tests run over the lineage)
     "config",  # model name -> JSON of its settings (repo/settings.py: settle, lossy)
     "results",  # test definition hash + NUL + version id -> test result JSON (ops/results.py)
+    "tags",  # model name + NUL + tag -> version id (repo/history.py; refs MODEL:TAG)
+    "annotations",  # version id -> JSON list of timed edits read over the record (lineage/overlay.py)
     "remotes",  # remote name -> JSON {"url", "endpoint"}; name + NUL + pack id -> its index (repo/transfer.py)
 )
 
