@@ -37,6 +37,10 @@ class RemoteChunkSource:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelfs-fetch")
         self._lock = threading.Lock()
 
+    def held(self) -> Holdings:
+        """What the kept indexes say the remote holds."""
+        return self._held
+
     def knows(self, key: bytes) -> bool:
         return key in self._held.chunks
 

@@ -155,6 +155,13 @@ class Remote:
             transfer.cache_indexes(self.name, fresh, set(cached) - listed)
         return held
 
+    def kept_holdings(self, repo: Repo) -> Holdings:
+        """What the indexes kept in `repo` say (no request: may miss what was pushed since)."""
+        held = Holdings()
+        for pack, raw in Transfer(repo).cached_indexes(self.name).items():
+            held.add(PackIndex.from_bytes(pack, raw))
+        return held
+
     def meta_records(self, held: Holdings, packs: set[str] | None = None,
                      progress: Callable[[int], None] | None = None) -> dict[tuple[str, bytes], bytes]:
         """Every record of the metadata packs (or of `packs`), each checked against its index."""
