@@ -123,6 +123,7 @@ def test_concurrent_readers_fetch_each_chunk_once(full: Path, tmp_path: Path) ->
             th.join()
         assert not errors
         assert len(set(out)) == 1 and blake3.blake3(out[0]).digest() == v.files["model.safetensors"].key
+        assert repo.flush_fetched(10)
         assert source.counters.chunks == len(set(source_keys(repo)))  # each once
 
 
