@@ -14,3 +14,4 @@ __all__ = [
     "registered_codecs",
 ]
 from modelfs.codecs import lowrank, mix, sparse  # noqa: E402,F401  (register the update codecs)
+from modelfs.codecs import qdelta  # noqa: E402,F401  (register the quantised-delta codecs of lossy mode)

@@ -14,9 +14,10 @@ from modelfs import numerics
 from modelfs.codecs import EncodeContext, registered_codecs
 from modelfs.codecs.lowrank import chunk_hint, predict
 from modelfs.codecs.mix import MixHint, TiesHint
+from modelfs.codecs.qdelta import QuantHint, quantise
 from modelfs.dtypes import DTYPES, DType
 from modelfs.testing import CodecTests
-from modelfs.testing.codecs import weights
+from modelfs.testing.codecs import mutate, weights
 
 CASTABLE = ("F32", "F64", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 
@@ -116,9 +117,38 @@ class TestLowRank(CodecTests):
         return np.asarray(child).view(np.uint8).tobytes(), EncodeContext(dtype, [base], [dtype], h)
 
 
-SUITES = {cls.codec_id for cls in CodecTests.__subclasses__() if cls.__module__ == __name__}
+class _QuantisedDelta(CodecTests):
+    """Lossy mode's codecs: exact on any chunk given a step (misses become exceptions)."""
+
+    codec_id = "qdelta"
+    must_encode = ("F32", "F16", "BF16", "F64")
+
+    def hint(self, data: bytes, ctx: EncodeContext, rng: np.random.Generator) -> Any:
+        return QuantHint(float(rng.choice([1e-6, 1e-4, 0.01, 3.0]))) if ctx.bases else None
+
+    def encodable(self, dtype: DType, rng: np.random.Generator) -> tuple[bytes, EncodeContext]:
+        """A chunk already on the grid (a reconstruction): the codes reproduce it with no exception."""
+        k = len(self.base_counts()) and self.base_counts()[0]
+        base = weights(dtype, 1024, rng)
+        ctx = EncodeContext(dtype, [base] * k, [dtype] * k, QuantHint(1e-3))
+        child = mutate(base, dtype.itemsize, rng, 0.3)
+        _, recon = quantise(child, ctx, 1e-3)
+        return recon, ctx
+
+
+class TestQDelta(_QuantisedDelta):
+    codec_id = "qdelta"
+
+
+class TestQDeltaAvg(_QuantisedDelta):
+    codec_id = "qdelta-avg"
+
+
+SUITES = {cls.codec_id for cls in [*CodecTests.__subclasses__(), *_QuantisedDelta.__subclasses__()]
+          if cls.__module__ == __name__}
 
 
 def test_every_built_in_codec_runs_the_suite() -> None:
     built_in = {cid for cid, c in registered_codecs().items() if type(c).__module__.startswith("modelfs.")}
     assert built_in == SUITES
+

@@ -1,0 +1,176 @@
+"""Quantised deltas: the chunk is its prediction plus integer codes times a step.
+
+This is the storage half of lossy mode (docs/lossy.md). The codec itself is exact: `encode`
+stores *any* chunk losslessly against its base(s) and a step (the hint), putting every element
+the codes cannot reproduce into an exception list. What makes a version lossy is upstream:
+`quantise` rounds the original delta to the step's grid, and the chunk that is stored (and
+keyed by its blake3) is what `decode` gives back -- the reconstruction. So a lossy chunk is an
+ordinary chunk whose bytes happen to lie on a grid, `fsck` checks it like any other, and a
+child is predicted from what a reader gets back.
+
+    recon = narrow(pred + k * (-step))      pred = widen(base), or the mean of two bases
+
+Codes are stored negated (k = -c) so that a zero code adds -0.0, which leaves every finite
+prediction bit-exact (+0.0 would turn -0.0 into +0.0). NaN, infinities, codes beyond the
+exact-integer range of the arithmetic, and anything that would overflow are exceptions:
+(index, bit pattern) pairs applied last, so such elements are always kept exactly. The
+arithmetic is numpy float32 (float64 for F64) multiply then add, which IEEE fixes bit for bit.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import zstandard
+
+from modelfs import numerics
+from modelfs.codecs.base import EncodeContext, register_codec
+from modelfs.codecs.planes import zstd_compress, zstd_decompress
+from modelfs.dtypes import DType
+
+CODE_LEVEL = 9  # zstd level for the codes: decode speed does not depend on it
+_HEAD = struct.Struct("<dBII")  # step, code width in bytes (0: all codes zero), exceptions, codes length
+_LIMIT = {np.float32: float(1 << 23), np.float64: float(1 << 30)}  # |code| exact in the arithmetic
+_WIDTH = {1: np.uint8, 2: np.uint16, 4: np.uint32}
+
+
+def lossy_dtype(dt: DType) -> bool:
+    """Whether a tensor of `dt` may be stored lossily: F64, F32, F16 and BF16.
+
+    Integers and blobs are always exact; fp8 has too few bits for a grid finer than its own.
+    """
+    return dt.is_float and numerics.numpy_float(dt)
+
+
+@dataclass(frozen=True, slots=True)
+class QuantHint:
+    """The step a committer chose for a chunk (in the tensor's value units)."""
+
+    step: float
+
+
+def _prediction(ctx: EncodeContext) -> tuple[np.ndarray, np.ndarray]:
+    """(values, bit patterns) of the prediction: the base, or the mean of two bases."""
+    dt = ctx.dtype
+    if len(ctx.bases) == 1:
+        return numerics.widen(ctx.bases[0], dt), numerics.bits(ctx.bases[0], dt.itemsize)
+    a, b = numerics.widen(ctx.bases[0], dt), numerics.widen(ctx.bases[1], dt)
+    with np.errstate(over="ignore", invalid="ignore"):
+        p = (a + b) / 2
+    return p, numerics.bits(numerics.narrow(p, dt), dt.itemsize)
+
+
+def _rebuild(pred: np.ndarray, codes: np.ndarray, step: float, dt: DType) -> np.ndarray:
+    """Bit patterns of narrow(pred + codes * -step): the one formula encode and decode share."""
+    ft = numerics.float_type(dt)
+    with np.errstate(over="ignore", invalid="ignore"):
+        vals = codes.astype(ft)
+        np.multiply(vals, ft(-step), out=vals)
+        np.add(vals, pred, out=vals)
+    return numerics.bits(numerics.narrow(vals, dt), dt.itemsize)
+
+
+def _zigzag(k: np.ndarray) -> np.ndarray:
+    return ((k << 1) ^ (k >> 31)).astype(np.uint32)
+
+
+def _unzigzag(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.int32)
+    return (z >> 1) ^ -(z & 1)
+
+
+def _codes(data: bytes, ctx: EncodeContext, step: float, exact: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, exception indices, exception bit patterns) for `data` against the prediction.
+
+    `exact`: every element the codes do not reproduce is an exception (a lossless encode).
+    Otherwise only elements the grid cannot represent are: non-finite values (of the chunk or
+    the prediction), codes out of range, and results that would overflow.
+    """
+    dt = ctx.dtype
+    ft = numerics.float_type(dt)
+    x = numerics.widen(data, dt)
+    xbits = numerics.bits(data, dt.itemsize)
+    pred, pbits = _prediction(ctx)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        q = (pred - x) / ft(step)
+        ok = np.isfinite(q) & (np.abs(q) < _LIMIT[ft])
+        k = np.where(ok, np.rint(q), 0).astype(np.int32)
+    rbits = _rebuild(pred, k, step, dt) if k.any() else pbits
+    # non-finite values never go through the arithmetic (NaN payloads, SIMD order): kept as they are
+    exc = ~ok | ~np.isfinite(pred)
+    if exact:
+        exc |= rbits != xbits
+    else:
+        exc |= ~np.isfinite(numerics.widen(rbits.view(np.uint8), dt))
+    idx = np.flatnonzero(exc).astype(np.uint32)
+    return k, idx, xbits[idx]
+
+
+def _payload(k: np.ndarray, idx: np.ndarray, vals: np.ndarray, step: float) -> bytes:
+    z = _zigzag(k)
+    top = int(z.max()) if len(z) else 0
+    width = 0 if top == 0 else next(w for w in (1, 2, 4) if top < 1 << (8 * w))
+    codes = (zstandard.ZstdCompressor(level=CODE_LEVEL).compress(z.astype(_WIDTH[width]).tobytes())
+             if width else b"")
+    exc = zstd_compress(idx.tobytes() + vals.tobytes()) if len(idx) else b""
+    return _HEAD.pack(step, width, len(idx), len(codes)) + codes + exc
+
+
+def quantise(data: bytes, ctx: EncodeContext, step: float) -> tuple[bytes, bytes]:
+    """(payload, reconstruction) of `data` rounded to the step's grid around the prediction.
+
+    The reconstruction is what `decode` gives back, computed by decoding the payload, so what
+    the gate checks is what a reader gets, bit for bit.
+    """
+    k, idx, vals = _codes(data, ctx, step, exact=False)
+    payload = _payload(k, idx, vals, step)
+    codec = QDELTA if len(ctx.bases) == 1 else QDELTA_AVG
+    return payload, codec.decode(memoryview(payload), len(data), ctx)
+
+
+@dataclass(frozen=True)
+class QDeltaCodec:
+    """id "qdelta" (one base) and "qdelta-avg" (the mean of two: a merge's prediction)."""
+
+    id: str
+    n_bases: int
+
+    def applies(self, ctx: EncodeContext) -> bool:
+        return (len(ctx.bases) == self.n_bases and isinstance(ctx.hint, QuantHint)
+                and ctx.hint.step > 0 and np.isfinite(ctx.hint.step) and lossy_dtype(ctx.dtype)
+                and all(b.name == ctx.dtype.name for b in ctx.base_dtypes))
+
+    def encode(self, data: bytes, ctx: EncodeContext) -> bytes | None:
+        """`data` exactly: codes on the hint's grid, exceptions wherever they miss."""
+        isz = ctx.dtype.itemsize
+        if len(data) % isz or any(len(b) != len(data) for b in ctx.bases):
+            return None
+        step = float(ctx.hint.step)
+        k, idx, vals = _codes(data, ctx, step, exact=True)
+        return _payload(k, idx, vals, step)
+
+    def decode(self, payload: memoryview, length: int, ctx: EncodeContext) -> bytes:
+        dt = ctx.dtype
+        step, width, nexc, ncodes = _HEAD.unpack_from(payload, 0)
+        n = length // dt.itemsize
+        pos = _HEAD.size
+        pred, pbits = _prediction(ctx)
+        if width:
+            z = np.frombuffer(zstd_decompress(payload[pos:pos + ncodes], n * width), dtype=_WIDTH[width])
+            out = _rebuild(pred, _unzigzag(z), step, dt)
+        else:
+            out = pbits.copy()
+        pos += ncodes
+        if nexc:
+            raw = zstd_decompress(payload[pos:], nexc * (4 + dt.itemsize))
+            idx = np.frombuffer(raw, dtype=np.uint32, count=nexc)
+            if not out.flags.writeable:
+                out = out.copy()
+            out[idx] = np.frombuffer(raw, dtype=pbits.dtype, offset=4 * nexc, count=nexc)
+        return out.tobytes()
+
+
+QDELTA = register_codec(QDeltaCodec("qdelta", 1))
+QDELTA_AVG = register_codec(QDeltaCodec("qdelta-avg", 2))
