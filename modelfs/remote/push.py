@@ -72,8 +72,10 @@ class Pusher:
     """One push: plans against the remote's refs and indexes, uploads, moves the refs."""
 
     def __init__(self, repo: Repo, remote: Remote, pack_bytes: int = PACK_BYTES, workers: int = 4,
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None,
+                 on_total: Callable[[int], None] | None = None) -> None:
         self.repo = repo
+        self.on_total = on_total or (lambda n: None)
         self.remote = remote
         self.transfer = Transfer(repo)
         self.pack_bytes = pack_bytes
@@ -100,6 +102,7 @@ class Pusher:
         meta = self._meta_records(versions, held)
         chunk_bytes = self.repo.stored_size_of(set(need))
         self.total = chunk_bytes + sum(len(r.value) for r in meta)
+        self.on_total(self.total)
         packs = self._upload(KIND_CHUNKS, self._records(need)) + self._upload(KIND_META, meta)
         moved = []
         for new, old in plans:

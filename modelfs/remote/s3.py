@@ -20,12 +20,10 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from modelfs.errors import NotFound, RemoteUnavailable
 from modelfs.remote.transport import (
-    SCHEMES,
     ObjectInfo,
     Options,
     PreconditionFailed,
     RemoteRefused,
-    Scheme,
 )
 
 log = logging.getLogger(__name__)
@@ -169,5 +167,3 @@ class S3Store:
                 raise
         self._call("HEAD bucket", go)
 
-
-SCHEMES.register(Scheme("s3", S3Store))
