@@ -13,11 +13,13 @@ from modelfs.cli.history_cmds import COMMANDS as HISTORY_COMMANDS
 from modelfs.cli.mount_cmds import mount_command, umount_command
 from modelfs.cli.ops_cmds import COMMANDS as OPS_COMMANDS
 from modelfs.cli.recipe_cmds import COMMANDS as RECIPE_COMMANDS
+from modelfs.cli.remote_cmds import COMMANDS as REMOTE_COMMANDS
 from modelfs.cli.store_cmds import COMMANDS as STORE_COMMANDS
 from modelfs.cli.test_cmds import COMMANDS as TEST_COMMANDS
 
 for _command in [*STORE_COMMANDS, *HISTORY_COMMANDS, *DRAFT_COMMANDS, mount_command, umount_command,
-                 *OPS_COMMANDS, *TEST_COMMANDS, *RECIPE_COMMANDS, *CONFIG_COMMANDS]:
+                 *OPS_COMMANDS, *TEST_COMMANDS, *RECIPE_COMMANDS, *CONFIG_COMMANDS,
+                 *REMOTE_COMMANDS]:
     cli.add_command(_command)
 
 
