@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from modelfs.cli.app import open_repo, progress
+from modelfs.cli.remote_cmds import gc_remote_run
 from modelfs.cli.render import human_bytes
 from modelfs.errors import ModelfsError
 from modelfs.names import check_model_name
@@ -236,9 +237,17 @@ def fsck(ctx: click.Context, as_json: bool) -> None:
 @click.command()
 @click.option("--dry-run", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--remote", "remote_name", metavar="NAME", help="Collect remote NAME's packs no ref reaches instead.")
+@click.option("--grace", type=float, metavar="SECONDS", help="With --remote: keep packs younger than this "
+              "(default 3600: never what a concurrent push is uploading).")
 @click.pass_context
-def gc(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
-    """Remove chunks and file records no version reaches."""
+def gc(ctx: click.Context, dry_run: bool, as_json: bool, remote_name: str | None, grace: float | None) -> None:
+    """Remove chunks and file records no version reaches (--remote: a remote's packs)."""
+    if remote_name is not None:
+        gc_remote_run(ctx, remote_name, grace, dry_run, as_json)
+        return
+    if grace is not None:
+        raise click.UsageError("--grace goes with --remote")
     with open_repo(ctx) as repo:
         r = repo.maintenance().gc(dry_run=dry_run)
     if as_json:
