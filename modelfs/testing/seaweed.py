@@ -59,6 +59,7 @@ class SeaweedServer:
 
     data: Path
     log: Path
+    buckets: tuple[str, ...] = ("modelfs-test",)  # made on startup (lowercase and dashes)
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -77,6 +78,8 @@ class SeaweedServer:
         self.data.mkdir(parents=True, exist_ok=True)
         argv = [weed_binary(), "mini", f"-dir={self.data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
         argv += [f"-{name}={port}" for name, port in self.ports.items()]
+        if self.buckets:
+            argv.append(f"-bucket={','.join(self.buckets)}")
         env = {"PATH": "/usr/bin:/bin", "HOME": str(self.data), **self.env()}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -91,15 +94,32 @@ class SeaweedServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed mini exited ({self.proc.returncode}): "
                                    + self.log.read_text(errors="replace")[-2000:])
-            try:
-                urllib.request.urlopen(self.endpoint + "/", timeout=2)  # noqa: S310  loopback
+            if self._answers():
                 return
-            except urllib.error.HTTPError:  # 403 without credentials: S3 answers
-                return
-            except OSError:
-                time.sleep(0.2)
+            time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"SeaweedFS S3 did not answer on {self.endpoint} within {timeout:.0f}s")
+
+    def _answers(self) -> bool:
+        """S3 answers, and every bucket asked for exists."""
+        import boto3
+        import botocore.exceptions
+
+        try:
+            urllib.request.urlopen(self.endpoint + "/", timeout=2)  # noqa: S310  loopback
+        except urllib.error.HTTPError:  # 403 without credentials: S3 answers
+            pass
+        except OSError:
+            return False
+        env = self.env()
+        client = boto3.client("s3", endpoint_url=self.endpoint, region_name=env["AWS_DEFAULT_REGION"],
+                              aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+        try:
+            for b in self.buckets:
+                client.head_bucket(Bucket=b)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            return False
+        return True
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -118,7 +138,8 @@ class SeaweedServer:
         self.stop()
 
 
-def start_seaweed(root: Path, timeout: float = 60.0) -> SeaweedServer:
-    """A server keeping its data under `root` (its log at root/weed.log)."""
+def start_seaweed(root: Path, buckets: tuple[str, ...] = ("modelfs-test",),
+                  timeout: float = 60.0) -> SeaweedServer:
+    """A server keeping its data under `root` (its log at root/weed.log), with `buckets`."""
     root.mkdir(parents=True, exist_ok=True)
-    return SeaweedServer(root / "data", root / "weed.log").start(timeout)
+    return SeaweedServer(root / "data", root / "weed.log", buckets).start(timeout)
