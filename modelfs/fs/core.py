@@ -34,6 +34,7 @@ from modelfs.fs.staged import Staged
 from modelfs.fs.staging import StagingArea
 from modelfs.fs.tree import Tree
 from modelfs.repo import Draft, FileEntry, FileReader, Repo
+from modelfs.repo.checkpoints import unit_of as checkpoint_unit
 
 log = logging.getLogger("modelfs.fs")
 
@@ -97,12 +98,17 @@ class MountCore:
         self.tree = Tree(repo, root_xattrs=self.root_xattrs, head_xattrs=self.head_xattrs,
                          staging=staging, refresh_interval=config.refresh_interval)
         self.writes = HeadWrites(self.tree)
-        self.settler = Settler(config.settle)
+        self.settler = Settler(config.settle, settle_of=self._model_settle)
         self.stats = ReadStats()
         self._fh = itertools.count(1)
         self._open: dict[int, OpenFile] = {}
         self._dirs: dict[int, tuple[int, list[tuple[bytes, Attr]]]] = {}
         self._readers: OrderedDict[bytes, FileReader] = OrderedDict()
+
+    def _model_settle(self, model: str) -> float | None:
+        """The model's own settle time (``modelfs config M settle``), None for the mount's."""
+        value = self.repo.model_settings().get(model, "settle")
+        return None if value is None else float(value)
 
     # ---- published state ----------------------------------------------------------------
 
@@ -133,6 +139,8 @@ class MountCore:
         out = {"user.modelfs.draft": json.dumps(a.to_json(), sort_keys=True).encode()}
         if a.errors:
             out["user.modelfs.errors"] = ("\n".join(a.errors) + "\n").encode()
+        if a.last_commit:
+            out["user.modelfs.committed"] = json.dumps(a.last_commit, sort_keys=True).encode()
         return out
 
     def error(self, model: str, message: str) -> None:
@@ -294,6 +302,45 @@ class MountCore:
         st = self.writes.open_write(inode)
         return st, self.add_handle(OpenFile(st.size, staged=st, write=True, ino=inode))
 
+    # ---- where one save ends and the next begins -----------------------------------------
+
+    def _cuts(self, model: str, paths: Iterable[str]) -> bool:
+        a = self.settler.models.get(model)
+        return a is not None and a.dirty and not a.held and any(p in a.burst for p in paths)
+
+    def cut_at_open(self, inode: int, flags: int) -> str | None:
+        """The model to commit before this open: a file closed whole in this burst is
+        truncated for a new save (``O_TRUNC``), so the save it belonged to is complete."""
+        if not flags & os.O_TRUNC or self.staging is None:
+            return None
+        n = self.tree.node(inode)
+        return n.model if n.kind is Kind.FILE and self._cuts(n.model, [n.path]) else None
+
+    def cut_before_ops(self, model: str, ops: list[StoreOp]
+                       ) -> tuple[bool, tuple[str, ...], list[str]]:
+        """Before namespace changes reach the draft: whether they start a new save.
+
+        A rename over a file closed whole in this burst (``save_file``'s temp file renamed
+        over the weights again) does: the burst so far commits first, without the renamed
+        files (the new save's). Returns (whether to commit first; the paths to leave out of
+        that commit; the closed files that move, which stay in the burst under their names).
+        """
+        a = self.settler.of(model)
+        moved = [op.new for op in ops if op.kind == "rename" and op.path in a.burst]
+        renames = tuple(op.path for op in ops if op.kind == "rename")
+        cut = self._cuts(model, [op.new for op in ops if op.kind == "rename"])
+        # a trainer removing an old checkpoint (save_total_limit) it wrote in this burst:
+        # the checkpoint becomes its version first
+        cut_rm = self._cuts(model, [op.path for op in ops if op.kind == "remove"
+                                    and checkpoint_unit(op.path) is not None])
+        for op in ops:
+            if op.kind in ("remove", "rename"):
+                a.burst.discard(op.path)
+        return cut or cut_rm, (renames if cut else ()), moved
+
+    def join_burst(self, model: str, paths: list[str]) -> None:
+        self.settler.of(model).burst.update(paths)
+
     # ---- closing ----------------------------------------------------------------------------
 
     def flush_needs_record(self, fh: int) -> tuple[Staged, int] | None:
@@ -331,6 +378,7 @@ class MountCore:
         """The close is durable; whether a hold on this path is released by it."""
         st.recorded_gen = gen
         self.stats.files_recorded += 1
+        self.settler.of(st.model).burst.add(st.path)
         self.settler.touch(st.model, dirty=True)
         return self.settler.of(st.model).held.pop(st.path, None) is not None
 
@@ -395,11 +443,21 @@ class MountCore:
         return True
 
     def committed(self, model: str, res: Committed, why: str) -> None:
+        loaded = self.tree.loaded_heads().get(model)
+        before = loaded.version if loaded is not None else None
         self.settler.committed(model)
         self.tree.committed(model, res.version)
         if res.version is not None:
             self.stats.commits += 1
             v = res.version
+            self.settler.of(model).last_commit = {
+                "ref": v.ref, "id": v.id, "why": why, "time": v.time, "files": len(res.changed),
+                "versions": [x.ref for x in res.made]}
+            if any(x.provenance.get("checkpoint") for x in res.made):
+                self.tree.follow_checkpoints(model, before, v)
+            for x in res.made[:-1]:
+                log.info("committed %s (%s) [%s]: %s", x.ref, x.id, why,
+                         x.provenance.get("checkpoint", ""))
             log.info("committed %s (%s) [%s]: %d files changed in %.3fs: %s", v.ref, v.id, why,
                      len(res.changed), res.seconds, ", ".join(res.changed[:20])
                      + (" ..." if len(res.changed) > 20 else ""))

@@ -176,7 +176,7 @@ def serve(store: Path, mountpoint: Path, config: MountConfig | None = None) -> N
             pyfuse3.close(unmount=True)
             raise
         pyfuse3.close(unmount=True)
-        log.info("unmounted %s; %s", mnt, json.dumps(ops.counters(), sort_keys=True))
+        log.info("unmounted %s; %s", mnt, json.dumps(ops.core.counters(), sort_keys=True))
     finally:
         if staging is not None:
             staging.close()

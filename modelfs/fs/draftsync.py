@@ -123,16 +123,20 @@ class Committed:
     version: Version | None
     changed: tuple[str, ...]  # paths whose pending change went in (removals included)
     seconds: float
+    made: tuple[Version, ...] = ()  # every version made, oldest first (one per checkpoint)
 
 
-def commit_model(drafts: Drafts, model: str, message: str = "", own: Path | None = None
-                 ) -> Committed:
-    """Commit a model's draft as one version (worker thread); what changed, for the log."""
+def commit_model(drafts: Drafts, model: str, message: str = "", own: Path | None = None,
+                 exclude: tuple[str, ...] = ()) -> Committed:
+    """Commit a model's draft (worker thread); what changed, for the log.
+
+    ``exclude``: paths whose changes belong to the next save (see ``MountCore.cut_before_ops``).
+    """
     t0 = time.monotonic()
     draft = drafts.get(model)
-    changed = tuple(sorted(set(draft.changes) | set(draft.staged))) if draft else ()
-    v = drafts.commit(model, message=message, own=own)
-    return Committed(v, changed, time.monotonic() - t0)
+    changed = tuple(sorted((set(draft.changes) | set(draft.staged)) - set(exclude))) if draft else ()
+    made = tuple(drafts.commit_versions(model, message=message, own=own, exclude=exclude))
+    return Committed(made[-1] if made else None, changed, time.monotonic() - t0, made)
 
 
 def with_mode(entry: FileEntry, mode: int) -> FileEntry:

@@ -58,6 +58,11 @@ class HeadWrites:
             raise FsError(errno.EPERM, "only model directories can be made at the root")
         raise FsError(errno.EROFS, "versions are read-only")
 
+    def refused(self, parent: int, why: str) -> FsError:
+        """EPERM for what a head cannot store (links, devices), after ``where``'s checks."""
+        self.where(parent)
+        return FsError(errno.EPERM, why)
+
     @staticmethod
     def _path(d: str, name: str) -> str:
         path = join(d, name)

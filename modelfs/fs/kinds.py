@@ -58,7 +58,8 @@ class Root(_Kind):
                     ns(max(times, default=t.mounted_at)), SHORT_TIMEOUT, SHORT_TIMEOUT)
 
     def names(self, n: Node) -> Iterable[str]:
-        return self.tree.head_names()
+        """The two views first (dot names: ``ls -a`` shows them, plain ``ls`` does not)."""
+        return [VERSIONS_DIR, LINEAGE_DIR, *self.tree.head_names()]
 
     def child(self, p: Node, name: str) -> Node | None:
         t = self.tree

@@ -5,8 +5,7 @@ copy-up, fsync, store transactions and ``stage_file``: whole chunks or files per
 never one FUSE request), per-model locks that keep store operations in order (so the draft
 in the store follows the namespace the mount shows; a commit takes the same lock), and
 the background tasks (storing closed files, the commit loop, polling for outside commits).
-Reads that hit the decoded-chunk cache and writes to staging files (page cache) stay on
-the loop.
+Reads that hit the decoded-chunk cache and writes to staging files stay on the loop.
 """
 
 from __future__ import annotations
@@ -78,9 +77,6 @@ class Operations(pyfuse3.Operations):
         self.initialized = trio.Event()
 
     # ---- plumbing ----------------------------------------------------------------------
-
-    def counters(self) -> dict[str, int]:
-        return self.core.counters()
 
     async def _io(self, fn: Callable[..., R], *args: Any) -> R:
         """A small store transaction or an fsync, in a worker thread."""
@@ -162,6 +158,10 @@ class Operations(pyfuse3.Operations):
         if not ops:
             self._touch(model)
             return
+        cut, exclude, moved = self.core.cut_before_ops(model, ops)
+        if cut:  # a rename over a file of this burst: the save before it is a version
+            await self.commit(model, "a new save", exclude=exclude)
+        self.core.join_burst(model, moved)
         async with self._model_op(model):
             try:
                 for op in ops:
@@ -188,7 +188,8 @@ class Operations(pyfuse3.Operations):
                                   else "settled")
             self._send_invalidations()
 
-    async def commit(self, model: str, why: str, force: bool = False) -> None:
+    async def commit(self, model: str, why: str, force: bool = False,
+                     exclude: tuple[str, ...] = ()) -> None:
         """Commit ``model``'s draft as one version (after every closed file is stored)."""
         a = self.settler.of(model)
         res: Committed | None = None
@@ -202,7 +203,7 @@ class Operations(pyfuse3.Operations):
                     return
                 own = self.staging.dir if self.staging is not None else None
                 try:
-                    res = await self._io(commit_model, self.drafts, model, "", own)
+                    res = await self._io(commit_model, self.drafts, model, "", own, exclude)
                 except Exception as e:
                     self.core.commit_failed(model, why, e)
                     return
@@ -315,6 +316,8 @@ class Operations(pyfuse3.Operations):
     @boundary
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC:
+            if (model := self.core.cut_at_open(inode, flags)) is not None:
+                await self.commit(model, "a new save")  # the file's last save is complete
             fh, st = self.core.open_for_writing(inode)
             self._poke()
             if flags & os.O_TRUNC:
@@ -572,20 +575,17 @@ class Operations(pyfuse3.Operations):
     @boundary
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
                     ) -> pyfuse3.EntryAttributes:
-        self.writes.where(parent_inode)
-        raise FsError(errno.EPERM, "only regular files and directories can be stored")
+        raise self.writes.refused(parent_inode, "only regular files and directories can be stored")
 
     @boundary
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any
                       ) -> pyfuse3.EntryAttributes:
-        self.writes.where(parent_inode)
-        raise FsError(errno.EPERM, "symbolic links cannot be stored")
+        raise self.writes.refused(parent_inode, "symbolic links cannot be stored")
 
     @boundary
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
                    ) -> pyfuse3.EntryAttributes:
-        self.writes.where(new_parent_inode)
-        raise FsError(errno.EPERM, "hard links cannot be stored")
+        raise self.writes.refused(new_parent_inode, "hard links cannot be stored")
 
     @boundary
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:

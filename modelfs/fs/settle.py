@@ -23,6 +23,10 @@ class Activity:
     held: dict[str, str] = field(default_factory=dict)  # path -> why its save failed
     held_stored: bool = False  # the hold is in the draft's record too (it survives the daemon)
     held_head: str | None = None  # the head version when the burst was held
+    settle: float | None = None  # this burst's settle time (read when the burst starts)
+    settle_known: bool = False  # read for this burst already
+    burst: set[str] = field(default_factory=set)  # paths closed whole since the last commit
+    last_commit: dict[str, object] = field(default_factory=dict)  # for the head's xattr
 
     def to_json(self) -> dict[str, object]:
         return {"open_for_writing": self.writers, "storing": self.storing,
@@ -41,11 +45,18 @@ class Settler:
 
     MAX_ERRORS = 50
 
-    def __init__(self, settle: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settle: float, clock: Callable[[], float] = time.monotonic,
+                 settle_of: Callable[[str], float | None] | None = None) -> None:
         self.settle = settle
-        self.patience = max(10 * settle, 5.0)
         self.clock = clock
+        self.settle_of = settle_of
         self.models: dict[str, Activity] = {}
+
+    def settle_for(self, a: Activity) -> float:
+        return self.settle if a.settle is None else a.settle
+
+    def patience(self, a: Activity) -> float:
+        return max(10 * self.settle_for(a), 5.0)
 
     def of(self, model: str) -> Activity:
         a = self.models.get(model)
@@ -57,8 +68,18 @@ class Settler:
         a = self.of(model)
         a.last = self.clock()
         if change:
+            if not a.settle_known:  # the first change of a new burst
+                a.settle, a.settle_known = self._settle_of(model), True
             a.last_change = a.last
         a.dirty = a.dirty or dirty
+
+    def _settle_of(self, model: str) -> float | None:
+        if self.settle_of is None:
+            return None
+        try:
+            return self.settle_of(model)
+        except Exception:  # a setting that cannot be read: the mount's default, never a stop
+            return None
 
     def error(self, model: str, message: str) -> None:
         a = self.of(model)
@@ -73,7 +94,8 @@ class Settler:
         """When a ready model becomes due."""
         if a.urgent:
             return a.retry_at
-        return max(a.retry_at, min(a.last + self.settle, a.last_change + self.patience))
+        return max(a.retry_at, min(a.last + self.settle_for(a),
+                                   a.last_change + self.patience(a)))
 
     def due(self) -> list[str]:
         """Models to commit now."""
@@ -89,6 +111,8 @@ class Settler:
     def committed(self, model: str) -> None:
         a = self.of(model)
         a.dirty = a.urgent = False
+        a.burst.clear()
+        a.settle_known = False
         a.failures = 0
         a.retry_at = float("-inf")
 

@@ -337,6 +337,25 @@ class Tree:
         info = self.models().get(model)
         self.pending.entries += self._reconcile(head, info.head if info else None)
 
+    def follow_checkpoints(self, model: str, before: str | None, version: Version) -> None:
+        """This mount committed trainer checkpoints as versions of ``model``: the head's top
+        shows the newest one's files now (``repo/checkpoints.py``). What the head shows
+        otherwise (the checkpoint directories, files written or removed meanwhile) stays: the
+        view is built from the head itself, never from a store a removal has not reached yet.
+        """
+        head = self.heads.get(model)
+        if head is None:
+            return
+        old = self.version(before).files if before else {}
+        view = {p: c for p, c in head.files.items()
+                if isinstance(c, FileEntry) and old.get(p) != c}
+        view.update(version.files)
+        for path, was in head.reconcile(view, version.id):
+            self.inodes.retire(HeadFileKey(model, path), was)
+            d = self.dir_ino(model, parent_of(path))
+            if d is not None:
+                self.pending.entries.append((d, path.rpartition("/")[2]))
+
     def committed(self, model: str, version: Version | None) -> None:
         """This mount committed ``model``: its head is that version now (nothing it shows moves)."""
         head = self.heads.get(model)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +34,14 @@ from modelfs import locks
 from modelfs.errors import Conflict, NotFound
 from modelfs.lineage import FileEntry, LineageGraph, Version
 from modelfs.names import check_file_path, check_model_name
+from modelfs.repo import checkpoints
+from modelfs.repo.adapters import ADAPTER_CONFIG, adapter_base
 from modelfs.repo.chunks import ChunkCache
 from modelfs.repo.importer import Importer, StoreSettings
 from modelfs.repo.parents import Parents
 from modelfs.repo.recording import Recorder
 from modelfs.repo.writelock import WriterLock
-from modelfs.store import ReadTxn, Store
+from modelfs.store import ReadTxn, Store, WriteTxn
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,10 @@ class Draft:
     changes: dict[str, FileEntry | None] = field(default_factory=dict)  # None: removed
     staged: dict[str, Path] = field(default_factory=dict)  # closed, not yet stored
     held: dict[str, str] = field(default_factory=dict)  # path -> why its save failed
+    # files of trainer checkpoints that are versions already (see repo/checkpoints.py): shown
+    # in the directory, not pending
+    kept: dict[str, FileEntry] = field(default_factory=dict)
+    checkpoints: dict[str, str] = field(default_factory=dict)  # unit -> its version id
 
     @property
     def pending_files(self) -> bool:
@@ -107,18 +113,29 @@ class Drafts:
         prefix = model.encode() + b"\0f\0"
         changes: dict[str, FileEntry | None] = {}
         staged: dict[str, Path] = {}
+        kept: dict[str, FileEntry] = {}
+        m = json.loads(meta) if meta else {}
+        cps: dict[str, str] = dict(m.get("checkpoints", {}))
+        versioned: dict[str, Mapping[str, FileEntry]] = {}
         for k, v in txn.items("pending", prefix):
             d = json.loads(v)
             path = k[len(prefix):].decode()
             if "staged" in d:
                 staged[path] = Path(d["staged"])
-            else:
-                changes[path] = None if d.get("removed") else FileEntry.from_json(d)
-        if meta is None and not changes and not staged:
+                continue
+            entry = None if d.get("removed") else FileEntry.from_json(d)
+            unit = checkpoints.unit_of(path) if cps and entry is not None else None
+            if unit is not None and unit[0] in cps:
+                if unit[0] not in versioned:
+                    versioned[unit[0]] = self._graph.version(txn, cps[unit[0]]).files
+                if versioned[unit[0]].get(checkpoints.inside(unit[0], path)) == entry:
+                    kept[path] = entry  # type: ignore[assignment]
+                    continue
+            changes[path] = entry
+        if meta is None and not changes and not staged and not kept:
             return None
-        m = json.loads(meta) if meta else {}
         return Draft(model, tuple(m.get("derived_from", ())), m.get("how"), m.get("inferred", False),
-                     m.get("inference"), changes, staged, dict(m.get("held", {})))
+                     m.get("inference"), changes, staged, dict(m.get("held", {})), kept, cps)
 
     def get(self, model: str) -> Draft | None:
         with self._store.read() as txn:
@@ -156,6 +173,7 @@ class Drafts:
         elif draft is not None and draft.derived_from and draft.how == "derive":
             files.update(graph.version(txn, draft.derived_from[0]).files)
         if draft is not None:
+            files.update(draft.kept)
             for path, entry in draft.changes.items():
                 if entry is None:
                     files.pop(path, None)
@@ -214,6 +232,12 @@ class Drafts:
             importer.close()
         for w in importer.warnings:
             log.warning("%s: %s", model, w)
+        base = None
+        if path == ADAPTER_CONFIG and (draft is None or draft.inferred or not draft.derived_from):
+            with self._store.read() as txn:
+                info = self._graph.model(txn, model)
+            if info is None or not info.head:  # a new model: its first version gets the base
+                base = adapter_base(src, self._resolve)
         with self._store.write() as txn:
             txn.put("files", rec.key, rec.to_bytes(), overwrite=False)
             if expect_staged is not None:
@@ -227,7 +251,14 @@ class Drafts:
                 txn.put("pending", _file_key(model, path), json.dumps(entry.to_json()).encode())
             if inference is not None:
                 log.info("%s: %s", model, inference.describe())
-            if inference is not None and inference.parents and txn.get("pending", _meta_key(model)) is None:
+            if base is not None:
+                log.info("%s: a PEFT adapter of %s: derived from it by lora", model, base.ref)
+                raw = txn.get("pending", _meta_key(model))
+                m = {k: v for k, v in (json.loads(raw) if raw else {}).items()
+                     if k not in ("inferred", "inference")}
+                m |= {"derived_from": [base.id], "how": "lora", "adapter_base": base.ref}
+                txn.put("pending", _meta_key(model), json.dumps(m).encode())
+            elif inference is not None and inference.parents and txn.get("pending", _meta_key(model)) is None:
                 txn.put("pending", _meta_key(model), json.dumps(
                     {"derived_from": [p.id for p in inference.parents], "how": None, "inferred": True,
                      "inference": inference.provenance()["inference"]}).encode())
@@ -361,9 +392,24 @@ class Drafts:
     # -- committing ------------------------------------------------------------------------
     def commit(self, model: str, message: str = "", how: str | None = None,
                provenance: Mapping[str, Any] | None = None, force: bool = False,
-               own: Path | None = None) -> Version | None:
-        """Turn the model's draft into one version (None when it changes nothing), atomically.
+               own: Path | None = None, exclude: Collection[str] = ()) -> Version | None:
+        """Turn the model's draft into a version (None when it changes nothing), atomically.
 
+        The newest of the versions ``commit_versions`` makes (one, unless trainer
+        checkpoints were written: then one per checkpoint first).
+        """
+        made = self.commit_versions(model, message, how, provenance, force, own, exclude)
+        return made[-1] if made else None
+
+    def commit_versions(self, model: str, message: str = "", how: str | None = None,
+                        provenance: Mapping[str, Any] | None = None, force: bool = False,
+                        own: Path | None = None, exclude: Collection[str] = ()) -> list[Version]:
+        """Turn the model's draft into versions in one transaction; the versions made, in order.
+
+        Each new (or changed) trainer checkpoint in the directory (``repo/checkpoints.py``)
+        becomes a version of its own, in step order; the files outside checkpoints then
+        become one more version if they differ from the newest one. ``exclude`` names paths
+        whose pending changes wait for the next commit (the mount's next save, begun already).
         A held draft (a save into it failed) commits only with ``force``, which also commits
         around files still being stored: those stay pending for the next version.
         """
@@ -371,29 +417,45 @@ class Drafts:
         with self._store.write() as txn:
             draft = self._read(txn, model)
             if draft is None:
-                return None
+                return []
             if draft.held and not force:
                 why = "; ".join(f"{p}: {r}" for p, r in sorted(draft.held.items()))
                 raise Conflict(f"{model}: not committed, a save into it failed ({why}); "
                                f"`modelfs commit {model} --force` commits what was closed, "
                                f"`modelfs discard {model}` drops it")
-            if draft.staged and not force:
+            if set(draft.staged) - set(exclude) and not force:
                 raise Conflict(f"{model}: files are still being stored; commit again in a moment")
             info = self._graph.model(txn, model)
             files = self._view(txn, model)
             head_files = dict(self._graph.version(txn, info.head).files) if info and info.head else None
-            keep = {_file_key(model, p) for p in draft.staged}
+            for p in exclude:  # as the head has it
+                if head_files is not None and p in head_files:
+                    files[p] = head_files[p]
+                else:
+                    files.pop(p, None)
+            cps = checkpoints.find(files)
+            keep = {_file_key(model, p) for p in set(draft.staged) | set(exclude)}
+            keep |= {_file_key(model, p) for p in files if checkpoints.unit_of(p) is not None}
             for k in list(txn.keys("pending", model.encode() + b"\0")):
                 if k not in keep:
                     txn.delete("pending", k)
-            if head_files is not None and head_files == files:
-                return None  # identical bytes rewritten: costs nothing, no new version
-            if head_files is None and not files:
-                return None
-            derived = list(draft.derived_from) if head_files is None else []
             for path, e in files.items():
                 if txn.get("files", e.key) is None:
                     raise NotFound(f"pending file {path} ({e.blake3_hex}) is missing from the store")
+            made = self._record_checkpoints(txn, model, draft, cps, head_files, message, provenance)
+            top = {p: e for p, e in files.items() if checkpoints.unit_of(p) is None}
+            if made:  # the files outside checkpoints, over the newest checkpoint
+                top = dict(made[-1].files)
+                for p, e in draft.changes.items():
+                    if checkpoints.unit_of(p) is None and p not in exclude:
+                        if e is None:
+                            top.pop(p, None)
+                        else:
+                            top[p] = e
+                head_files = dict(made[-1].files)
+            if (head_files is not None and head_files == top) or (head_files is None and not top):
+                return made  # identical bytes rewritten: costs nothing, no new version
+            derived = list(draft.derived_from) if head_files is None else []
             prov = dict(provenance or {})
             if draft.inferred and derived:
                 prov["inferred_parent"] = self._graph.version(txn, derived[0]).ref
@@ -401,6 +463,30 @@ class Drafts:
                     prov["inference"] = draft.inference
             if how is None:
                 how = draft.how if head_files is None else "snapshot"
-            v = self._recorder.record_in(txn, model, files, [], derived, how, message, prov)
-        log.info("committed %s (%s) from %d pending changes", v.ref, v.id, len(draft.changes))
-        return v
+            made.append(self._recorder.record_in(txn, model, top, [], derived, how, message, prov))
+        log.info("committed %s from %d pending changes", ", ".join(f"{v.ref} ({v.id})" for v in made),
+                 len(draft.changes))
+        return made
+
+    def _record_checkpoints(self, txn: WriteTxn, model: str, draft: Draft,
+                            cps: dict[str, checkpoints.Checkpoint],
+                            head_files: dict[str, FileEntry] | None, message: str,
+                            provenance: Mapping[str, Any] | None) -> list[Version]:
+        """A version per new or changed checkpoint, in step order; the draft remembers them."""
+        known = {u: v for u, v in draft.checkpoints.items() if u in cps}
+        new = [c for c in checkpoints.in_step_order(list(cps.values()))
+               if c.unit not in known or dict(self._graph.version(txn, known[c.unit]).files) != c.files]
+        made: list[Version] = []
+        derived = list(draft.derived_from) if head_files is None else []
+        for c in new:
+            prov = dict(provenance or {}) | {"step": c.step, "checkpoint": c.unit}
+            if draft.inferred and derived:
+                prov["inferred_parent"] = self._graph.version(txn, derived[0]).ref
+            how = (draft.how or "checkpoint") if derived or head_files is None else "checkpoint"
+            v = self._recorder.record_in(txn, model, c.files, [], derived, how, message, prov)
+            made.append(v)
+            known[c.unit] = v.id
+            derived, head_files = [], dict(c.files)
+        if known:
+            txn.put("pending", _meta_key(model), json.dumps({"checkpoints": known}).encode())
+        return made

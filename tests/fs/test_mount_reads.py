@@ -27,9 +27,16 @@ BlakeDir = Callable[[Path], dict[str, str]]
 
 def test_root_lists_one_directory_per_model(mounted: Mounted, fs_lineage: FsLineage) -> None:
     models = sorted({ref.split("@")[0] for ref in fs_lineage.versions})
-    assert sorted(os.listdir(mounted.path)) == models
+    assert sorted(os.listdir(mounted.path)) == [".lineage", ".versions", *models]
     for hidden in (".versions", ".lineage"):
         assert stat.S_ISDIR(os.stat(mounted.path / hidden).st_mode)
+    # `ls` hides the two views (dot names), `ls -a` shows them (it did not: issue 14)
+    c = {**os.environ, "LC_ALL": "C"}
+    plain = subprocess.run(["ls", mounted.path], capture_output=True, text=True, check=True, env=c)
+    assert plain.stdout.split() == models
+    every = subprocess.run(["ls", "-a", mounted.path], capture_output=True, text=True, check=True,
+                           env=c)
+    assert every.stdout.split() == [".lineage", ".versions", *models]
     assert os.path.isdir(mounted.path / "minilm@2")  # reachable, though not listed
 
 

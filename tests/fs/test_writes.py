@@ -243,7 +243,7 @@ def test_settler_waits_for_quiet_closed_and_stored() -> None:
         assert s.due() == []
     now[0] += 0.9  # ... yet it commits once the last change is `patience` old
     s.touch("m", change=False)
-    assert s.patience == 10.0 and s.due() == ["m"]
+    assert s.patience(s.of("m")) == 10.0 and s.due() == ["m"]
     s.committed("m")
     s.touch("m", dirty=True)
     s.of("m").urgent = True
