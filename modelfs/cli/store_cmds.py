@@ -58,12 +58,19 @@ def init(ctx: click.Context, shared: bool) -> None:
                    "recipe, re-run by `modelfs update`.")
 @click.option("--input", "inputs", multiple=True, type=click.Path(path_type=Path),
               help="With --recipe: a data file it reads (blake3 recorded; repeatable).")
+@click.option("--lossy", is_flag=True, help="Store it lossily behind the accuracy gate (docs/lossy.md).")
+@click.option("--tolerance", type=float, help="With --lossy: how far (relative) gate metrics may move (0.005).")
+@click.option("--gate", "gate", multiple=True, metavar="TEST",
+              help="With --lossy: a test (modelfs test add) run on the original and the reconstruction.")
 @click.pass_context
 def import_(ctx: click.Context, src: Path | None, model: str, parents: tuple[str, ...], how: str | None,
             message: str, provenance: str | None, no_infer: bool, follow_symlinks: bool,
             as_json: bool, lora: Path | None, updates: str | None, recipe_cmd: str | None,
-            inputs: tuple[Path, ...]) -> None:
+            inputs: tuple[Path, ...], lossy: bool, tolerance: float | None, gate: tuple[str, ...]) -> None:
     """Import the checkpoint directory SRC as a new version of MODEL."""
+    from modelfs.cli.lossy_cmds import check_lossy_options, import_lossy_cmd, lossy_wanted
+
+    check_lossy_options(lossy, tolerance, gate, lora, updates)
     if recipe_cmd is not None:
         from modelfs.cli.recipe_cmds import check_recipe_options
 
@@ -87,6 +94,9 @@ def import_(ctx: click.Context, src: Path | None, model: str, parents: tuple[str
         raise ModelfsError(f"--provenance is not valid JSON: {e}") from None
     if not isinstance(prov, dict):
         raise ModelfsError(f"--provenance must be a JSON object such as '{{\"lr\": 1e-4}}', not {provenance}")
+    if lossy or (lora is None and updates is None and lossy_wanted(ctx, model)):
+        import_lossy_cmd(ctx, src, model, parents, how, message, prov, no_infer, tolerance, gate, as_json)
+        return
     with open_repo(ctx) as repo, progress(_dir_size(src), f"import {model}") as tick:
         if recipe_cmd is not None:
             prov["recipe_cmd"] = recipe_cmd

@@ -17,6 +17,7 @@ from modelfs.repo.chunksource import (
 from modelfs.repo.drafts import STAGING_LOCK, Draft, Drafts, staging_owner_alive
 from modelfs.repo.files import FileReader, FileRecord, StoredInline, StoredPart, StoredTensor
 from modelfs.repo.importer import ChunkHints, Progress, StoreSettings, mapped
+from modelfs.repo.lossy import CHANGE_LIMIT, LossyPlan, TensorFigures
 from modelfs.repo.maintenance import FsckReport, Maintenance
 from modelfs.repo.parents import Inference
 from modelfs.repo.repo import Repo
@@ -24,7 +25,7 @@ from modelfs.repo.sources import source_files
 from modelfs.repo.tables import RecordTable
 from modelfs.repo.transfer import Transfer, file_record_chunks
 
-__all__ = ["LAZY_REMOTE_KEY", "STAGING_LOCK", "Access", "ChunkHints", "ChunkRecord", "ChunkSource", "Counters", "Draft", "Drafts",
+__all__ = ["CHANGE_LIMIT", "LAZY_REMOTE_KEY", "LossyPlan", "TensorFigures", "STAGING_LOCK", "Access", "ChunkHints", "ChunkRecord", "ChunkSource", "Counters", "Draft", "Drafts",
            "FileEntry", "FileReader", "FileRecord", "FsckReport", "Inference", "Maintenance", "ModelInfo", "Progress",
            "RecordTable", "Repo", "SourceCounters", "StoreChunkSource", "StoreSettings", "StoredInline", "StoredPart", "StoredTensor", "Transfer", "Version",
            "copy_metadata", "make_dir", "mapped", "open_private", "set_file_mode", "file_record_chunks", "source_files", "staging_owner_alive",

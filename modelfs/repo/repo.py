@@ -24,6 +24,7 @@ from modelfs.repo.drafts import Drafts
 from modelfs.repo.files import FileReader, FileRecord, Files
 from modelfs.repo.importer import ChunkHints, Importer, Progress, StoreSettings
 from modelfs.repo.lazy import LazyFetcher
+from modelfs.repo.lossy import LossyPlan, LossyPlanner
 from modelfs.repo.maintenance import Maintenance
 from modelfs.repo.parents import Inference, Parents
 from modelfs.repo.reachability import chunk_keys
@@ -284,6 +285,21 @@ class Repo:
         self.last_inferred_parent = inferred
         self.last_inference = inference  # the distances, for the CLI to print
         return v
+
+    # -- lossy mode (repo/lossy.py; the gate is ops/lossy.py) ---------------------------------
+    def delta_bases(self, model: str, parents: list[str] | None = None) -> list[Version]:
+        """The versions a new version of `model` is delta-coded against: its head, then `parents`."""
+        derived = [self.resolve(p) for p in (parents or [])]
+        with self.store.read() as txn:
+            info = self.graph.model(txn, model)
+            head = self.graph.version(txn, info.head) if info is not None and info.head else None
+        return list({v.id: v for v in ([head] if head else []) + derived}.values())
+
+    def plan_lossy(self, files: Mapping[str, Path], bases: list[Version], aim: float,
+                   workdir: Path) -> LossyPlan:
+        """The reconstruction of `files` against `bases` at error ratio `aim`, written under
+        `workdir`; nothing is stored (commit `plan.files` with ``hints=plan.chunk_hints``)."""
+        return LossyPlanner(self.cache, self.settings).plan(files, self._parents.tensors(bases), aim, workdir)
 
     def advance_head(self, version_id: str) -> Version:
         """Move the head to a version committed with ``move_head=False`` (a gated cascade's

@@ -65,6 +65,32 @@ SETTINGS.register(Setting(
     "lossy", "store this model's new versions lossily, behind the accuracy gate", False, parse_switch))
 
 
+def parse_names(text: str) -> str:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for n in names:
+        if not all(c.isalnum() or c in "._+-" for c in n):
+            raise InvalidSetting(f"{n!r} is not a test name")
+    return ",".join(names)
+
+
+def parse_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidSetting(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise InvalidSetting(f"{text!r} is out of range (a relative tolerance between 0 and 1)")
+    return value
+
+
+SETTINGS.register(Setting(
+    "lossy-gate", "tests (comma-separated names from `modelfs test add`) the lossy gate runs on "
+    "the original and the reconstruction before a lossy version commits", "", parse_names))
+SETTINGS.register(Setting(
+    "lossy-tolerance", "how far (relative) each gate test's metrics may move on the reconstruction",
+    0.005, parse_fraction))
+
+
 class ModelSettings:
     """The settings of every model, read and written through the store's "config" table."""
 
