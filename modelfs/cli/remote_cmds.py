@@ -30,9 +30,9 @@ from modelfs.repo import Repo, Transfer
 DEFAULT_REMOTE = "origin"
 
 
-def _options(endpoint: str | None, timeout: float) -> Options:
+def _options(endpoint: str | None, timeout: float, retries: int = 4) -> Options:
     return Options(endpoint=endpoint or os.environ.get("AWS_ENDPOINT_URL") or None, read_timeout=timeout,
-                   connect_timeout=min(timeout, 5.0))
+                   connect_timeout=min(timeout, 5.0), attempts=max(1, retries))
 
 
 @contextmanager
@@ -69,8 +69,14 @@ def _say(out: dict[str, Any], as_json: bool, line: str) -> None:
                    f"{human_bytes(out['bytes_down'])} down)")
 
 
-timeout_option = click.option("--timeout", type=float, default=30.0, show_default=True,
-                              help="Seconds to wait for the server on each request (retried with backoff).")
+_timeout = click.option("--timeout", type=float, default=30.0, show_default=True,
+                        help="Seconds to wait for the server on each request.")
+_retries = click.option("--retries", type=click.IntRange(1, 20), default=4, show_default=True,
+                        help="Tries per request, with exponential backoff between them.")
+
+
+def timeout_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return _timeout(_retries(f))
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON summary of what moved.")
 
 
@@ -127,11 +133,11 @@ def remote_rm(ctx: click.Context, name: str) -> None:
 @timeout_option
 @json_option
 @click.pass_context
-def push(ctx: click.Context, args: tuple[str, ...], timeout: float, as_json: bool) -> None:
+def push(ctx: click.Context, args: tuple[str, ...], timeout: float, retries: int, as_json: bool) -> None:
     """Upload the versions the remote lacks, then move its refs."""
     with open_repo(ctx) as repo:
         name, given = _split(repo, args)
-        r = Remote.of(repo, name, _options(None, timeout))
+        r = Remote.of(repo, name, _options(None, timeout, retries))
         targets = parse_targets(repo, given)
         with _bar(f"push {name}", not as_json) as (advance, total):
             out = Pusher(repo, r, progress=advance, on_total=total).run(targets)
@@ -144,11 +150,11 @@ def push(ctx: click.Context, args: tuple[str, ...], timeout: float, as_json: boo
 @timeout_option
 @json_option
 @click.pass_context
-def pull_(ctx: click.Context, args: tuple[str, ...], timeout: float, as_json: bool) -> None:
+def pull_(ctx: click.Context, args: tuple[str, ...], timeout: float, retries: int, as_json: bool) -> None:
     """Fetch the versions the store lacks and only the chunks it lacks (a lazy store: metadata)."""
     with open_repo(ctx) as repo:
         name, models = _split(repo, args)
-        r = Remote.of(repo, name, _options(None, timeout))
+        r = Remote.of(repo, name, _options(None, timeout, retries))
         with _bar(f"pull {name}", not as_json) as (advance, _):
             out = pull(repo, r, models, progress=advance)
     _say(out, as_json, f"pulled {out['versions']} versions and {out['chunks']} chunks from {name}")
@@ -161,10 +167,11 @@ def pull_(ctx: click.Context, args: tuple[str, ...], timeout: float, as_json: bo
 @click.option("--endpoint", help="S3 endpoint URL (default: AWS_ENDPOINT_URL).")
 @timeout_option
 @json_option
-def clone_(url: str, store: str, lazy: bool, endpoint: str | None, timeout: float, as_json: bool) -> None:
+def clone_(url: str, store: str, lazy: bool, endpoint: str | None, timeout: float, retries: int,
+           as_json: bool) -> None:
     """A new store at STORE from the remote at URL (its remote `origin`)."""
     with _bar("clone", not as_json) as (advance, _):
-        out = clone(url, store, lazy=lazy, options=_options(endpoint, timeout), progress=advance)
+        out = clone(url, store, lazy=lazy, options=_options(endpoint, timeout, retries), progress=advance)
     _say(out, as_json, f"cloned {out['versions']} versions of {len(out['models'])} models into {store}"
          + (" (lazy: chunks come on first read)" if lazy else f", {out['chunks']} chunks"))
 
@@ -174,10 +181,10 @@ def clone_(url: str, store: str, lazy: bool, endpoint: str | None, timeout: floa
 @timeout_option
 @json_option
 @click.pass_context
-def fetch_(ctx: click.Context, ref: str, timeout: float, as_json: bool) -> None:
+def fetch_(ctx: click.Context, ref: str, timeout: float, retries: int, as_json: bool) -> None:
     """Bring every chunk of version REF into this lazy store (for offline use)."""
     with open_repo(ctx) as repo, _bar(f"fetch {ref}", not as_json) as (advance, _):
-        out = fetch(repo, ref, _options(None, timeout), progress=advance)
+        out = fetch(repo, ref, _options(None, timeout, retries), progress=advance)
     _say(out, as_json, f"fetched {out['chunks']} chunks of {out['version']}")
 
 

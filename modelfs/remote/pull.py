@@ -71,31 +71,35 @@ class Puller:
         self.remote.check()
         held = self.remote.holdings(self.repo, self.progress)
         refs = self.remote.refs()
-        meta = self.remote.meta_records(held, progress=self.progress)
-        versions = {k.decode(): Version.from_bytes(v) for (t, k), v in meta.items() if t == "versions"}
+        with self.repo.read_txn() as txn:
+            local = {vid for r in refs.values() for vid in r.versions if txn.get("versions", vid.encode())}
+        remote_new = [("versions", vid.encode()) for r in refs.values() for vid in r.versions if vid not in local]
+        got = self.remote.records(held, remote_new, self.progress)
+        versions = {k.decode(): Version.from_bytes(raw) for (_, k), raw in got.items()}
+        versions.update({vid: self.repo.version(vid) for vid in local})
         names = _closure(refs, versions, list(models) or sorted(refs))
         new: list[Version] = []
         heads: dict[str, str] = {}
         for m in names:
             ref = refs[m]
-            local = tuple(v.id for v in self.repo.versions(m)) if self._has_model(m) else ()
-            if not is_prefix(local, ref.versions):
-                if is_prefix(ref.versions, local):
-                    heads[m] = self.repo.model(m).head or ""
+            mine = tuple(v.id for v in self.repo.versions(m)) if self._has_model(m) else ()
+            if not is_prefix(mine, ref.versions):
+                if is_prefix(ref.versions, mine):
                     continue  # this store is ahead: nothing to pull (push it)
-                raise Conflict(f"local {m} and the remote's differ from {m}@{_diverge(local, ref.versions)} on; "
+                raise Conflict(f"local {m} and the remote's differ from {m}@{_diverge(mine, ref.versions)} on; "
                                "nothing was pulled")
-            new += [versions[vid] for vid in ref.versions[len(local):]]
+            new += [versions[vid] for vid in ref.versions[len(mine):]]
             heads[m] = ref.head
-        heads = {m: h for m, h in heads.items() if h}
         with self.repo.read_txn() as txn:
-            files = {e.key: meta[("files", e.key)] for v in new for e in v.files.values()
-                     if txn.get("files", e.key) is None and ("files", e.key) in meta}
-        sketch = {k: raw for (t, k), raw in meta.items() if t == "sketch" and k[1:] in files}
-        fetched = 0 if lazy else self._fetch_chunks(held, files)
+            fkeys = {e.key for v in new for e in v.files.values() if txn.get("files", e.key) is None}
+        meta = self.remote.records(held, [(t, k) for f in sorted(fkeys)
+                                          for t, k in (("files", f), ("sketch", b"f" + f))], self.progress)
+        files = {k: raw for (t, k), raw in meta.items() if t == "files"}
+        sketch = {k: raw for (t, k), raw in meta.items() if t == "sketch"}
+        fetched, chunk_bytes = (0, 0) if lazy else self._fetch_chunks(held, files)
         adopted = self.transfer.adopt(new, files, sketch, heads)
         return {"models": names, "versions": len(adopted), "files": len(files), "chunks": fetched,
-                "lazy": lazy, **self.remote.summary()}
+                "chunk_bytes": chunk_bytes, "lazy": lazy, **self.remote.summary()}
 
     def _has_model(self, name: str) -> bool:
         try:
@@ -104,7 +108,7 @@ class Puller:
             return False
         return True
 
-    def _fetch_chunks(self, held: Holdings, files: dict[bytes, bytes]) -> int:
+    def _fetch_chunks(self, held: Holdings, files: dict[bytes, bytes]) -> tuple[int, int]:
         keys = {k for raw in files.values() for k in file_record_chunks(raw)}
         need = self.transfer.missing_chunks(held.chunk_closure(keys))
         return fetch_into(self.transfer, self.remote, held, need, self.progress, self.workers)
@@ -118,13 +122,15 @@ def _diverge(a: tuple[str, ...], b: tuple[str, ...]) -> int:
 
 
 def fetch_into(transfer: Transfer, remote: Remote, held: Holdings, need: set[bytes], progress: Progress,
-               workers: int = 8) -> int:
-    """Fetch these chunks into the store, a batch of spans at a time; how many were stored."""
+               workers: int = 8) -> tuple[int, int]:
+    """Fetch these chunks into the store, a batch of spans at a time: how many were stored,
+    and the bytes the ranged GETs moved."""
     absent = [k for k in need if k not in held.chunks]
     if absent:
         raise NotFound(f"{remote.where()} lacks chunk {absent[0].hex()} (damaged remote): nothing was pulled")
     spans = coalesce([held.chunks[k] for k in sorted(need, key=lambda k: (held.chunks[k].pack,
-                                                                          held.chunks[k].offset))])
+                                                                          held.chunks[k].offset))],
+                     gap=64 << 10)
 
     def get(span: Any) -> dict[bytes, bytes]:
         data = remote.store.get_range(pack_key(span.pack), span.start, span.end - span.start)
@@ -132,7 +138,7 @@ def fetch_into(transfer: Transfer, remote: Remote, held: Holdings, need: set[byt
         progress(len(data))
         return {k: v for k, v in got.items() if k in need}
 
-    stored = 0
+    stored = moved = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
         batch: list[Any] = []
         size = 0
@@ -140,13 +146,14 @@ def fetch_into(transfer: Transfer, remote: Remote, held: Holdings, need: set[byt
             if span is not None:
                 batch.append(span)
                 size += span.end - span.start
+                moved += span.end - span.start
             if batch and (span is None or size >= BATCH_BYTES):
                 records: dict[bytes, bytes] = {}
                 for part in pool.map(get, batch):
                     records.update(part)
                 stored += transfer.put_chunks(records)
                 batch, size = [], 0
-    return stored
+    return stored, moved
 
 
 def pull(repo: Repo, remote: Remote, models: Iterable[str] = (), progress: Progress | None = None,
@@ -200,5 +207,5 @@ def fetch(repo: Repo, ref: str, options: Options | None = None,
     if any(k not in held.chunks for k in keys):  # pushed after the clone: read the indexes anew
         held = remote.holdings(repo)
     need = transfer.missing_chunks(held.chunk_closure(keys))
-    stored = fetch_into(transfer, remote, held, need, progress or (lambda n: None))
-    return {"version": v.ref, "chunks": stored, **remote.summary()}
+    stored, moved = fetch_into(transfer, remote, held, need, progress or (lambda n: None))
+    return {"version": v.ref, "chunks": stored, "chunk_bytes": moved, **remote.summary()}

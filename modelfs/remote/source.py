@@ -26,7 +26,7 @@ class RemoteChunkSource:
     """`ChunkSource` over one remote's packs, from the indexes kept in the local store."""
 
     def __init__(self, remote: Remote, indexes: dict[str, bytes], workers: int = 8,
-                 gap: int = 1 << 20) -> None:
+                 gap: int = 256 << 10) -> None:
         self.name = remote.name
         self.remote = remote
         self.counters = SourceCounters()

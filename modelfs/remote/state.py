@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelfs.errors import Conflict, CorruptData, ModelfsError, NotFound
-from modelfs.remote.packs import KIND_META, Entry, PackIndex, Span, cut, index_key, pack_key
+from modelfs.remote.packs import (
+    KIND_META,
+    Entry,
+    PackIndex,
+    Span,
+    coalesce,
+    cut,
+    index_key,
+    pack_key,
+)
 from modelfs.remote.transport import (
     Counting,
     Options,
@@ -179,6 +188,27 @@ class Remote:
         out: dict[tuple[str, bytes], bytes] = {}
         with ThreadPoolExecutor(max_workers=8) as pool:
             for part in pool.map(load, wanted):
+                out.update(part)
+        return out
+
+    def records(self, held: Holdings, wanted: list[tuple[str, bytes]],
+                progress: Callable[[int], None] | None = None) -> dict[tuple[str, bytes], bytes]:
+        """These metadata records (those the indexes know), by ranged GETs of their packs,
+        each checked against its index: a pull downloads only the versions it lacks."""
+        entries = [held.meta[w] for w in dict.fromkeys(wanted) if w in held.meta]
+        if not entries:
+            return {}
+
+        def load(span: Span) -> dict[tuple[str, bytes], bytes]:
+            data = self.store.get_range(pack_key(span.pack), span.start, span.end - span.start)
+            got = cut(span, data, self.where())
+            if progress:
+                progress(len(data))
+            return {(e.table, e.key): got[e.key] for e in span.entries}
+
+        out: dict[tuple[str, bytes], bytes] = {}
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for part in pool.map(load, coalesce(entries, gap=64 << 10)):
                 out.update(part)
         return out
 

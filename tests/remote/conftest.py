@@ -192,6 +192,49 @@ def s3_alive(s3_server: S3Server) -> Iterator[S3Server]:
         s3_server.start()
 
 
+# -- a remote of each kind ---------------------------------------------------------------------------
+@dataclass
+class RemoteSpot:
+    """Where a test's remote lives: its URL and how to reach it (one per test, empty)."""
+
+    kind: str
+    url: str
+    options: Options
+    server: S3Server | None = None
+    bucket: str | None = None
+    root: Path | None = None
+
+    def attach(self, repo: object, name: str = "origin") -> object:
+        """Configure remote `name` in `repo` at this spot and open it."""
+        from modelfs.remote import Remote
+        from modelfs.repo import Transfer
+
+        Transfer(repo).set_remote(name, {"url": self.url, "endpoint": self.options.endpoint},  # type: ignore[arg-type]
+                                  replace=True)
+        return Remote.of(repo, name, self.options)  # type: ignore[arg-type]
+
+    def sizes(self) -> dict[str, int]:
+        """Every object's size as the server (or the directory) lists it."""
+        if self.server is not None:
+            assert self.bucket is not None
+            return {k[len("lineage/"):]: v for k, v in self.server.object_sizes(self.bucket, "lineage/").items()}
+        assert self.root is not None
+        return {p.relative_to(self.root).as_posix(): p.stat().st_size for p in self.root.rglob("*")
+                if p.is_file() and ".locks" not in p.parts}
+
+
+@pytest.fixture(params=["s3", "file"])
+def spot(request: pytest.FixtureRequest, tmp_path: Path) -> RemoteSpot:
+    """An empty remote: a fresh bucket on the session's SeaweedFS, or a fresh directory."""
+    if request.param == "s3":
+        server: S3Server = request.getfixturevalue("s3_alive")
+        bucket = server.make_bucket()
+        return RemoteSpot("s3", f"s3://{bucket}/lineage", server.options(attempts=2), server, bucket)
+    root = tmp_path / "shared-dir"
+    root.mkdir()
+    return RemoteSpot("file", f"file://{root}", Options(), root=root)
+
+
 # -- small real checkpoints ----------------------------------------------------------------------
 def write_model(path: Path, tensors: dict[str, np.ndarray]) -> Path:
     path.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,193 @@
+"""Lazy clones mounted over a real SeaweedFS on loopback, with real MiniLM weights.
+
+The full store pushes to the server; a lazy clone holds only metadata; its mount fetches
+what each read touches (counted at the client by the chunk source, reported by the mount),
+checks it against its blake3, keeps it, and answers EIO (the mount staying up) while the
+server is away or an object on it is damaged.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fs"))
+from mounthelp import FUSE_MISSING  # noqa: E402
+
+from modelfs.fs.config import MountConfig  # noqa: E402
+from modelfs.fs.handle import MountHandle  # noqa: E402
+from modelfs.remote import Options, Remote  # noqa: E402
+from modelfs.remote.pull import clone  # noqa: E402
+from modelfs.remote.push import push  # noqa: E402
+from modelfs.repo import Repo, Transfer  # noqa: E402
+from modelfs.testing.seaweed import SeaweedServer, start_seaweed  # noqa: E402
+
+URL = "s3://modelfs-test/lazy"
+
+
+@dataclass
+class Lazy:
+    server: SeaweedServer
+    full: Path
+    src: Path  # the MiniLM directory imported
+    root: Path
+    clone_summary: dict[str, object]
+
+
+@pytest.fixture(scope="module")
+def lazy(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Iterator[Lazy]:
+    if FUSE_MISSING:
+        pytest.fail(FUSE_MISSING)
+    root = tmp_path_factory.mktemp("lazy-mount")
+    server = start_seaweed(root / "seaweed")
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())  # the mount daemons inherit the credentials
+    try:
+        full = root / "full"
+        with Repo.init(full) as repo:
+            repo.import_dir(minilm_dir, "minilm")
+            Transfer(repo).set_remote("origin", {"url": URL, "endpoint": server.endpoint})
+            push(repo, Remote.of(repo, "origin"))
+        summary = clone(URL, root / "lazy0", lazy=True, options=Options(endpoint=server.endpoint))
+        yield Lazy(server, full, minilm_dir, root, summary)
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _fresh_clone(lz: Lazy, name: str) -> Path:
+    """A copy of the untouched lazy clone (cheaper than cloning again)."""
+    dest = lz.root / name
+    shutil.copytree(lz.root / "lazy0", dest)
+    return dest
+
+
+def _mount(store: Path, where: Path) -> MountHandle:
+    where.mkdir()
+    return MountHandle.start(store, where, where.parent / f"{where.name}.log",
+                             MountConfig(cache_mb=128, read_only=True))
+
+
+def test_one_tensor_moves_at_most_twice_its_chunks(lazy: Lazy) -> None:
+    from safetensors import safe_open
+
+    store = _fresh_clone(lazy, "one-tensor")
+    with Repo.open(store) as repo:
+        v = repo.resolve("minilm")
+        rec = repo.file_record(v.files["model.safetensors"])
+    t = next(t for t in rec.tensors() if t.name.endswith("encoder.layer.3.attention.self.query.weight"))
+    with Repo.open(lazy.full) as full:
+        stored = full.stored_size_of(set(t.chunks))
+    with _mount(store, lazy.root / "mnt-one") as m:
+        path = m.path / "minilm" / "model.safetensors"
+        with safe_open(str(path), framework="pt") as sf:
+            got = sf.get_tensor(t.name)
+        with safe_open(str(lazy.src / "model.safetensors"), framework="pt") as sf:
+            want = sf.get_tensor(t.name)
+        assert got.dtype == want.dtype and bool((got == want).all())
+        c = m.counters()
+    assert c["lazy_chunks_fetched"] >= len(set(t.chunks))
+    print("COUNTERS", json.dumps(c), stored)
+    assert c["lazy_wire_bytes"] <= 2 * stored, (c, stored)
+
+
+def test_from_pretrained_through_a_lazy_mount_is_bit_exact(lazy: Lazy) -> None:
+    import torch
+    import transformers
+
+    store = _fresh_clone(lazy, "pretrained")
+    with _mount(store, lazy.root / "mnt-pre") as m:
+        d = m.path / "minilm"
+        for f in sorted(p.name for p in lazy.src.iterdir() if p.is_file()):
+            assert blake3.blake3((d / f).read_bytes()).digest() == \
+                blake3.blake3((lazy.src / f).read_bytes()).digest(), f
+        model = transformers.AutoModel.from_pretrained(str(d), local_files_only=True)
+        ref = transformers.AutoModel.from_pretrained(str(lazy.src), local_files_only=True)
+        a, b = model.state_dict(), ref.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        c = m.counters()
+    assert c["lazy_failures"] == 0 and c["lazy_rejected"] == 0
+    with Repo.open(store) as repo:  # what was fetched is kept: the store is whole now
+        report = repo.maintenance().fsck()
+    assert report.ok and report.not_fetched_chunks == 0, report.to_json()
+
+
+def _read_fails(path: Path) -> int | None:
+    try:
+        path.read_bytes()
+    except OSError as e:
+        return e.errno
+    return None
+
+
+def test_server_away_gives_eio_and_the_next_read_retries(lazy: Lazy) -> None:
+    store = _fresh_clone(lazy, "away")
+    with _mount(store, lazy.root / "mnt-away") as m:
+        path = m.path / "minilm" / "model.safetensors"
+        lazy.server.stop()
+        try:
+            assert _read_fails(path) == errno.EIO
+            assert (m.path / "minilm" / "config.json").read_bytes()  # the mount stays up
+        finally:
+            lazy.server.start()
+        got = path.read_bytes()
+        assert blake3.blake3(got).digest() == blake3.blake3(
+            (lazy.src / "model.safetensors").read_bytes()).digest()
+        log = m.log_text()
+    lines = [ln for ln in log.splitlines() if "answering EIO" in ln]
+    assert lines and all("remote origin" in ln or "origin" in ln for ln in lines), log[-3000:]
+    assert "Traceback" not in log
+
+
+def test_a_corrupted_object_gives_eio_and_nothing_wrong_is_kept(lazy: Lazy) -> None:
+    import boto3
+
+    env = lazy.server.env()
+    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"])
+    bucket, prefix = URL[len("s3://"):].split("/", 1)
+    packs = [o for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
+             if o["Key"].endswith(".pack")]
+    big = max(packs, key=lambda o: o["Size"])
+    original = s3.get_object(Bucket=bucket, Key=big["Key"])["Body"].read()
+    damaged = bytearray(original)
+    for i in range(0, len(damaged), 4096):
+        damaged[i] ^= 0x5A
+    s3.put_object(Bucket=bucket, Key=big["Key"], Body=bytes(damaged))
+    store = _fresh_clone(lazy, "corrupt")
+    try:
+        with _mount(store, lazy.root / "mnt-bad") as m:
+            path = m.path / "minilm" / "model.safetensors"
+            assert _read_fails(path) == errno.EIO
+            s3.put_object(Bucket=bucket, Key=big["Key"], Body=original)  # repaired
+            got = path.read_bytes()
+            assert blake3.blake3(got).digest() == blake3.blake3(
+                (lazy.src / "model.safetensors").read_bytes()).digest()
+    finally:
+        s3.put_object(Bucket=bucket, Key=big["Key"], Body=original)
+    with Repo.open(store) as repo:
+        assert repo.maintenance().fsck().ok  # every chunk kept is the right one
+
+
+def test_lazy_clone_moves_little_and_fsck_says_not_fetched(lazy: Lazy) -> None:
+    with Repo.open(lazy.full) as full:
+        stored = full.stored_size_of(full.chunk_keys(full.resolve("minilm")))
+    moved = json.loads(json.dumps(lazy.clone_summary, default=str))
+    with Repo.open(_fresh_clone(lazy, "fsck")) as repo:
+        report = repo.maintenance().fsck()
+        assert report.ok and report.lazy_remote == "origin"
+        assert report.not_fetched_chunks > 0
+    assert moved, moved
+    assert stored > 0
