@@ -44,6 +44,7 @@ class Checkpoint:
     unit: str  # "checkpoint-500", or the path of a Lightning .ckpt file
     step: int
     files: dict[str, FileEntry]  # the version's files: paths inside the unit
+    paths: dict[str, FileEntry]  # the same, by their paths in the model's directory
 
 
 def unit_of(path: str) -> tuple[str, int] | None:
@@ -66,12 +67,14 @@ def inside(unit: str, path: str) -> str:
 
 def find(files: Mapping[str, FileEntry]) -> dict[str, Checkpoint]:
     """Every checkpoint among a directory's files, by unit."""
-    units: dict[str, tuple[int, dict[str, FileEntry]]] = {}
+    units: dict[str, Checkpoint] = {}
     for path, entry in files.items():
         got = unit_of(path)
         if got is not None:
-            units.setdefault(got[0], (got[1], {}))[1][inside(got[0], path)] = entry
-    return {u: Checkpoint(u, step, fs) for u, (step, fs) in units.items()}
+            c = units.setdefault(got[0], Checkpoint(got[0], got[1], {}, {}))
+            c.files[inside(got[0], path)] = entry
+            c.paths[path] = entry
+    return units
 
 
 def in_step_order(cps: list[Checkpoint]) -> list[Checkpoint]:

@@ -443,7 +443,8 @@ class Drafts:
                 if txn.get("files", e.key) is None:
                     raise NotFound(f"pending file {path} ({e.blake3_hex}) is missing from the store")
             made = self._record_checkpoints(txn, model, draft, cps, head_files, message, provenance)
-            top = {p: e for p, e in files.items() if checkpoints.unit_of(p) is None}
+            top = {p: e for p, e in files.items()  # a checkpoint a version holds stays in it
+                   if checkpoints.unit_of(p) is None or (head_files or {}).get(p) == e}
             if made:  # the files outside checkpoints, over the newest checkpoint
                 top = dict(made[-1].files)
                 for p, e in draft.changes.items():
@@ -474,11 +475,18 @@ class Drafts:
                             provenance: Mapping[str, Any] | None) -> list[Version]:
         """A version per new or changed checkpoint, in step order; the draft remembers them."""
         known = {u: v for u, v in draft.checkpoints.items() if u in cps}
-        new = [c for c in checkpoints.in_step_order(list(cps.values()))
-               if c.unit not in known or dict(self._graph.version(txn, known[c.unit]).files) != c.files]
+        head = head_files or {}
+
+        def new(c: checkpoints.Checkpoint) -> bool:
+            """Written since its version (or the head: a checkpoint a version holds as is)."""
+            if c.unit in known:
+                return dict(self._graph.version(txn, known[c.unit]).files) != c.files
+            return any(head.get(p) != e for p, e in c.paths.items())
+
+        todo = [c for c in checkpoints.in_step_order(list(cps.values())) if new(c)]
         made: list[Version] = []
         derived = list(draft.derived_from) if head_files is None else []
-        for c in new:
+        for c in todo:
             prov = dict(provenance or {}) | {"step": c.step, "checkpoint": c.unit}
             if draft.inferred and derived:
                 prov["inferred_parent"] = self._graph.version(txn, derived[0]).ref
