@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from modelfs.cli.app import open_repo
+from modelfs.cli.lossy_cmds import lossy_mark, show_lossy
 from modelfs.cli.render import human_bytes, lineage_dot, lineage_svg, lineage_tree
 from modelfs.repo import Version
 
@@ -34,8 +35,9 @@ def log(ctx: click.Context, model: str, as_json: bool) -> None:
         for v in versions:
             parents = ", ".join(repo.version(p).ref for p in v.parents) or "-"
             when = dt.datetime.fromtimestamp(v.time).strftime("%Y-%m-%d %H:%M:%S")
+            mark = lossy_mark(v)
             click.echo(f"{v.ref:<24} {v.id}  {when}  parents: {parents}  how: {v.how or '-'}"
-                       f"  {human_bytes(v.logical_size)}  {v.message}")
+                       f"  {human_bytes(v.logical_size)}{'  ' + mark if mark else ''}  {v.message}")
 
 
 @click.command()
@@ -85,8 +87,11 @@ def show(ctx: click.Context, ref: str, as_json: bool) -> None:
         click.echo(f"how      {v.how or '-'}")
         if v.message:
             click.echo(f"message  {v.message}")
+        for line in show_lossy(v):
+            click.echo(line)
         for k, val in v.provenance.items():
-            click.echo(f"{k:<8} {json.dumps(val)}")
+            if k != "lossy":  # shown above, in words
+                click.echo(f"{k:<8} {json.dumps(val)}")
         for path, e in sorted(v.files.items()):
             click.echo(f"  {e.size:>12}  {e.format:<12} {e.blake3_hex[:16]}  {path}")
 

@@ -11,6 +11,7 @@ import click
 from modelfs.cli.app import open_repo
 from modelfs.cli.render import human_bytes
 from modelfs.errors import ModelfsError
+from modelfs.repo import Repo, Version
 
 
 def check_lossy_options(lossy: bool, tolerance: float | None, gate: tuple[str, ...], *others: object) -> None:
@@ -47,3 +48,49 @@ def import_lossy_cmd(ctx: click.Context, src: Path, model: str, parents: tuple[s
             click.echo(line)
         click.echo(f"imported {v.ref} ({v.id}){' lossily' if res.decision.lossy else ''}, "
                    f"{len(v.files)} files, {human_bytes(v.logical_size)}")
+
+
+# -- marking lossy versions wherever a user looks (show, log, du) ------------------------------
+def lossy_mark(v: Version) -> str:
+    """`lossy (error 0.086 of change)` for a lossy version, else ""."""
+    rec = v.provenance.get("lossy")
+    if not isinstance(rec, dict):
+        return ""
+    return f"lossy (error {rec.get('max_error_ratio', 0):.3g} of change)"
+
+
+def show_lossy(v: Version, worst: int = 5) -> list[str]:
+    """`modelfs show`'s lines for a lossy version: the figures, the gate, the worst tensors."""
+    rec = v.provenance.get("lossy")
+    if not isinstance(rec, dict):
+        return []
+    lines = [f"lossy    yes: error at worst {rec.get('max_error_ratio', 0):.4g} of a tensor's change "
+             f"({rec.get('worst_tensor')}), {rec.get('error_ratio', 0):.4g} overall, limit "
+             f"{rec.get('change_limit', 0.1):g}; {rec.get('tensors_lossy', 0)} tensors lossy, "
+             f"{rec.get('tensors_exact', 0)} exact, {rec.get('tensors_unchanged', 0)} unchanged",
+             f"         steps {rec.get('step_min') or 0:.3g}..{rec.get('step_max') or 0:.3g}, codes "
+             f"{human_bytes(rec.get('lossy_bytes', 0))} (lossless delta {human_bytes(rec.get('exact_delta_bytes', 0))}); "
+             f"original bytes are not kept"]
+    for a in rec.get("attempts", []):
+        tests = "; ".join(
+            f"{n} " + ", ".join(f"{k} {t['original'][k]:.6g}->{t['reconstruction'].get(k, float('nan')):.6g}"
+                                for k in t["original"]) + (" ok" if t["passed"] else " FAIL")
+            for n, t in a.get("tests", {}).items())
+        verdict = "accepted" if a.get("passed") else f"refused: {a.get('why', '')}"
+        lines.append(f"  gate   aim {a['aim']:g}: max error {a.get('max_error_ratio', 0):.4g}"
+                     f"{'; ' + tests if tests else ''} -> {verdict}")
+    per = rec.get("per_tensor", {})
+    for name, (ratio, step) in sorted(per.items(), key=lambda kv: -kv[1][0])[:worst]:
+        lines.append(f"  tensor {name}: error {ratio:.4g} of change, step {step:.3g}")
+    if rec.get("kept_exact"):
+        lines.append(f"  {rec['kept_exact']}")
+    return lines
+
+
+def lossy_counts(repo: Repo) -> dict[str, int]:
+    """model -> how many of its versions are lossy (`du`'s column)."""
+    out: dict[str, int] = {}
+    for v in repo.all_versions():
+        if isinstance(v.provenance.get("lossy"), dict):
+            out[v.model] = out.get(v.model, 0) + 1
+    return out

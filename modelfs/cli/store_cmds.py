@@ -203,17 +203,22 @@ def du(ctx: click.Context, as_json: bool) -> None:
 
     A model's stored bytes are those first stored for it; a model made entirely of chunks
     stored earlier for others shows 0 B and "shared", with the bytes its versions reference."""
+    from modelfs.cli.lossy_cmds import lossy_counts
+
     with open_repo(ctx) as repo:
         report = repo.maintenance().du()
+        lossy = lossy_counts(repo)
+    for name, m in report["models"].items():
+        m["lossy_versions"] = lossy.get(name, 0)
     if as_json:
         click.echo(json.dumps(report, indent=1))
         return
-    click.echo(f"{'model':<28}{'versions':>9}{'logical':>12}{'stored':>12}{'ratio':>9}")
+    click.echo(f"{'model':<28}{'versions':>9}{'lossy':>6}{'logical':>12}{'stored':>12}{'ratio':>9}")
     for name, m in sorted(report["models"].items()):
-        click.echo(f"{name:<28}{m['versions']:>9}{human_bytes(m['logical']):>12}"
+        click.echo(f"{name:<28}{m['versions']:>9}{m['lossy_versions'] or '-':>6}{human_bytes(m['logical']):>12}"
                    f"{human_bytes(m['stored']):>12}{_ratio(m)}")
     t = report["total"]
-    click.echo(f"{'total':<28}{t['versions']:>9}{human_bytes(t['logical']):>12}"
+    click.echo(f"{'total':<28}{t['versions']:>9}{sum(lossy.values()) or '-':>6}{human_bytes(t['logical']):>12}"
                f"{human_bytes(t['stored']):>12}{t['ratio']:>8.2f}x")
 
 

@@ -164,6 +164,7 @@ class LineageNodeDir(_View):
             "derived_from_refs": [refs[p] for p in v.derived_from],
             "how": v.how, "message": v.message, "time": v.time,
             "provenance": dict(v.provenance),
+            "lossy": isinstance(v.provenance.get("lossy"), dict),  # stored lossily (docs/lossy.md)
             "files": {p: {"size": e.size, "format": e.format, "blake3": e.blake3_hex}
                       for p, e in sorted(v.files.items())},
         }

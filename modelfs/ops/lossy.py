@@ -49,8 +49,8 @@ class GateOptions:
     def check(self) -> None:
         if not (0 < self.tolerance < 1) or not math.isfinite(self.tolerance):
             raise GateError(f"--tolerance must be between 0 and 1 (relative), not {self.tolerance}")
-        if not self.aims or any(not 0 < a < CHANGE_LIMIT for a in self.aims):
-            raise GateError(f"error aims must lie in (0, {CHANGE_LIMIT}): {self.aims}")
+        if not self.aims or any(not 0 < a < 1 for a in self.aims):  # an aim >= 0.1 fails check 2
+            raise GateError(f"error aims must lie in (0, 1): {self.aims}")
 
 
 @dataclass
