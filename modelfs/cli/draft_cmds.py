@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import click
 
 from modelfs.cli.app import open_repo
 from modelfs.cli.lazy_status import fetch_lines, fetch_status
-from modelfs.repo import Repo
+from modelfs.errors import Conflict, ModelfsError, NotFound
+from modelfs.repo import Repo, Version
 
 
 @click.command()
@@ -66,13 +68,36 @@ def _print_drafts(rows: list[dict[str, Any]], as_json: bool) -> None:
             click.echo(f"  held by {p}: {why}")
 
 
+def _mount_line(store: Path) -> str:
+    """Which writable mount serves the store now (its daemon holds the mount lock)."""
+    from modelfs import locks
+    from modelfs.fs.control import mount_lock_path
+
+    lock = mount_lock_path(store)
+    if not locks.held(lock):
+        return "no writable mount is running on this store"
+    h = locks.holder(lock)
+    return f"mounted writable at {h.get('mountpoint', '?')} (daemon pid {h.get('pid', '?')})"
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Drafts waiting to commit: pending changes per model, and why a held one waits."""
+    """What is not committed yet: the running mount, each model's head, pending changes per
+    model (saves closed in the mount, being stored or stored), and saves that failed to store."""
     with open_repo(ctx) as repo:
-        _print_drafts(_draft_rows(repo), as_json)
+        rows = _draft_rows(repo)
+        heads = {m.name: repo.version(m.head) for m in repo.models() if m.head}
+        for r in rows:
+            r["head"] = heads[r["model"]].ref if r["model"] in heads else None
+        if as_json:
+            _print_drafts(rows, True)
+            return
+        click.echo(_mount_line(ctx.find_root().obj["store"]))
+        for name, v in sorted(heads.items()):
+            click.echo(f"head {name:<24} {v.ref:<20} {v.id}")
+        _print_drafts(rows, False)
         if not as_json:  # a lazy store's remote, the mounts' fetches and cache hit rates
             for line in fetch_lines(fetch_status(repo)):
                 click.echo(line)
@@ -97,23 +122,62 @@ def discard(ctx: click.Context, model: str) -> None:
 @click.option("-m", "--message", default="", help="Message recorded with the version.")
 @click.option("--force", is_flag=True,
               help="Commit a held draft (a save into it failed) with what was closed whole.")
+@click.option("--wait", is_flag=True,
+              help="Wait until the mount has stored every closed file, commit, and print the version "
+                   "(or the one the mount committed meanwhile).")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="With --wait: seconds.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def commit(ctx: click.Context, model: str | None, message: str, force: bool,
-           as_json: bool) -> None:
+def commit(ctx: click.Context, model: str | None, message: str, force: bool, wait: bool,
+           timeout: float, as_json: bool) -> None:
     """Commit MODEL's pending changes (files closed in the mount) now; without MODEL, list drafts."""
+    from modelfs.ops import lossy
+
     with open_repo(ctx) as repo:
+        lossy.install(repo)  # a model configured `lossy on` commits lossily (docs/lossy.md)
         drafts = repo.drafts()
         if model is None:
             _print_drafts(_draft_rows(repo), as_json)
             return
         if drafts.get(model) is None:
             repo.model(model)  # raises NotFound for an unknown model
-        v = drafts.commit(model, message=message, force=force)
+        v = _commit_waiting(repo, model, message, timeout) if wait and not force else \
+            drafts.commit(model, message=message, force=force)
     if as_json:
         click.echo(json.dumps({"committed": v.ref if v else None, "id": v.id if v else None}))
     else:
         click.echo(f"committed {v.ref} ({v.id})" if v else f"{model}: nothing to commit")
+
+
+def _commit_waiting(repo: Repo, model: str, message: str, timeout: float) -> Version | None:
+    """Commit once the mount stored every closed file of MODEL; a version the mount committed
+    itself meanwhile (its settle rule) is the answer too. One line if it takes too long."""
+    drafts = repo.drafts()
+    start_head = _head_id(repo, model)
+    deadline = time.monotonic() + timeout
+    while True:
+        d = drafts.get(model)
+        if d is not None and d.held:
+            return drafts.commit(model, message=message)  # raises: says why and what to do
+        if d is None or not d.pending_files:
+            head = _head_id(repo, model)
+            return repo.version(head) if head and head != start_head else None
+        if not d.staged:
+            try:
+                return drafts.commit(model, message=message)
+            except Conflict:  # a file closed again just now: still being stored
+                pass
+        if time.monotonic() > deadline:
+            raise ModelfsError(f"{model}: files still being stored after {timeout:.0f} s; "
+                               "`modelfs status` shows them")
+        time.sleep(0.1)
+
+
+def _head_id(repo: Repo, model: str) -> str | None:
+    try:
+        return repo.model(model).head
+    except NotFound:
+        return None
 
 
 COMMANDS: list[click.Command] = [derive, commit, status, discard]

@@ -27,15 +27,16 @@ from modelfs.fs.nodes import (
     Node,
     NodeKind,
     RootKey,
+    TagLinkKey,
     VersionDirKey,
     VersionFileKey,
     VersionsKey,
     dir_nlink,
     ns,
     ro_mode,
-    split_ref,
 )
 from modelfs.fs.staged import Staged
+from modelfs.lineage.refs import TagRef, mount_ref
 
 if TYPE_CHECKING:
     from modelfs.fs.tree import Tree
@@ -67,12 +68,17 @@ class Root(_Kind):
             return t.inodes.get(VersionsKey(), p.ino)
         if name == LINEAGE_DIR:
             return t.inodes.get(LineageKey(), p.ino)
-        ref = split_ref(name)
+        ref = mount_ref(name)  # MODEL@N or MODEL:TAG (lineage/refs.py, the CLI's grammar)
         if ref is not None:
-            if ref[0] not in t.models():
+            if ref.model not in t.models():
                 return None
             v = t.resolve_ref(name)
-            if v is None or (v.model, v.number) != ref:
+            if v is None or v.model != ref.model:
+                return None
+            if isinstance(ref, TagRef):
+                return t.inodes.get(TagLinkKey(ref.model, ref.tag, v.id), p.ino, vid=v.id,
+                                    target=v.ref)
+            if v.number != ref.number:
                 return None
             return t.inodes.get(VersionDirKey(v.id, ""), p.ino, vid=v.id)
         if t.is_head_name(name):
@@ -172,9 +178,18 @@ class VersionFile(_Kind):
                     LONG_TIMEOUT)
 
 
+class TagLink(_Kind):
+    """``/<model>:<tag>`` -> ``<model>@<n>``: tags move, so the name gets short timeouts."""
+
+    def attr(self, n: Node, entry_timeout: float | None) -> Attr:
+        assert n.vid is not None
+        return Attr(n.ino, stat.S_IFLNK | 0o777, 1, len(n.target.encode()),
+                    ns(self.tree.version(n.vid).time), SHORT_TIMEOUT, SHORT_TIMEOUT)
+
+
 def tree_kinds(tree: Tree) -> dict[type[Key], NodeKind]:
     """The handler of every node kind the tree answers for itself, by key type."""
     head_dir, head_file = HeadDir(tree), HeadFile(tree)
     return {RootKey: Root(tree), HeadKey: head_dir, HeadDirKey: head_dir,
             HeadFileKey: head_file, GoneKey: head_file, VersionDirKey: VersionDir(tree),
-            VersionFileKey: VersionFile(tree)}
+            VersionFileKey: VersionFile(tree), TagLinkKey: TagLink(tree)}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from modelfs.lineage import FileEntry
+from modelfs.lineage.refs import NumberRef, mount_ref
 
 if TYPE_CHECKING:
     from modelfs.fs.staged import Staged
@@ -131,6 +132,17 @@ class ModelVersionsKey(Key):
 
 @dataclass(frozen=True, slots=True)
 class VersionLinkKey(Key):
+    vid: str
+    kind = Kind.LINK
+
+
+@dataclass(frozen=True, slots=True)
+class TagLinkKey(Key):
+    """``/<model>:<tag>``: a symlink to the version the tag names now (a moved tag is a new
+    key, so a new inode: the kernel never serves the old target under the new name)."""
+
+    model: str
+    tag: str
     vid: str
     kind = Kind.LINK
 
@@ -258,11 +270,11 @@ def build_dir_index(files: Mapping[str, FileEntry]) -> DirIndex:
 
 
 def split_ref(name: str) -> tuple[str, int] | None:
-    """``model@n`` with n in canonical decimal form, else None (one name per version dir)."""
-    model, at, num = name.rpartition("@")
-    if not at or not model or not num.isdigit() or str(int(num)) != num or int(num) < 1:
-        return None
-    return model, int(num)
+    """``model@n`` with n in canonical decimal form, else None (one name per version dir).
+
+    The grammar is lineage/refs.py's, shared with the CLI; ``model@0`` is refused in both."""
+    ref = mount_ref(name)
+    return (ref.model, ref.number) if isinstance(ref, NumberRef) else None
 
 
 def ns(t: float) -> int:

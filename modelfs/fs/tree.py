@@ -23,7 +23,6 @@ model list, what a head shows, a version's children) get short ones. Writes to h
 from __future__ import annotations
 
 import errno
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -240,6 +239,7 @@ class Tree:
         new = {m.name: m for m in self.repo.models()}
         self._models = new
         inv = Invalidations()
+        inv.entries += self._forget_gone(old, new)
         if set(old) != set(new):
             inv.inodes.append(ROOT_INO)
             vino = self.ino_of(VersionsKey())
@@ -264,6 +264,30 @@ class Tree:
         self.pending.entries += inv.entries
         self.pending.inodes += inv.inodes
         return inv
+
+    def _forget_gone(self, old: Mapping[str, ModelInfo], new: Mapping[str, ModelInfo]
+                     ) -> list[tuple[int, str]]:
+        """After `modelfs rm`, `mv` or `prune` (or an annotation): names the kernel must forget.
+
+        Cached versions are re-read (an annotation or a rename changes what they say); the
+        names of versions that are gone, and the heads of models that are gone, are dropped.
+        """
+        out: list[tuple[int, str]] = []
+        cached, self._versions = list(self._versions.values()), OrderedDict()
+        for v in cached:
+            try:
+                now = self.repo.version(v.id)
+            except NotFound:
+                out.append((ROOT_INO, v.ref))
+                continue
+            if now.ref != v.ref or v.model not in new:
+                out.append((ROOT_INO, v.ref))
+        for name in set(old) - set(new):
+            head = self.heads.get(name)
+            if head is not None and not head.busy:
+                del self.heads[name]
+            out.append((ROOT_INO, name))
+        return out
 
     def take_pending(self) -> Invalidations:
         inv, self.pending = self.pending, Invalidations()
@@ -495,11 +519,6 @@ class Tree:
                                                        for p in v.parents).encode(),
                 XATTR_PREFIX + "how": (v.how or "").encode(),
             }
-            lossy = v.provenance.get("lossy")
-            if isinstance(lossy, dict):  # a lossy version (docs/lossy.md): its error figures
-                out[XATTR_PREFIX + "lossy"] = json.dumps(
-                    {k: lossy.get(k) for k in ("scheme", "max_error_ratio", "error_ratio", "worst_tensor",
-                                               "step_min", "step_max")}, sort_keys=True).encode()
         if n.kind is Kind.FILE and entry is not None:
             out[XATTR_PREFIX + "blake3"] = entry.blake3_hex.encode()
             out[XATTR_PREFIX + "format"] = entry.format.encode()

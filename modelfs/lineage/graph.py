@@ -7,6 +7,7 @@ from collections import deque
 from collections.abc import Iterator
 
 from modelfs.errors import NotFound
+from modelfs.lineage import overlay
 from modelfs.lineage.records import ModelInfo, Version
 from modelfs.store import ReadTxn, WriteTxn
 
@@ -29,6 +30,15 @@ class LineageGraph:
 
     @staticmethod
     def version(txn: ReadTxn, version_id: str) -> Version:
+        """The effective version: its immutable record with its annotations applied."""
+        raw = txn.get("versions", version_id.encode())
+        if raw is None:
+            raise NotFound(f"unknown version {version_id!r}")
+        return overlay.apply(Version.from_bytes(raw), overlay.decode(txn.get(overlay.TABLE, version_id.encode())))
+
+    @staticmethod
+    def record(txn: ReadTxn, version_id: str) -> Version:
+        """The version as it was recorded, without annotations."""
         raw = txn.get("versions", version_id.encode())
         if raw is None:
             raise NotFound(f"unknown version {version_id!r}")
@@ -50,8 +60,9 @@ class LineageGraph:
 
     @staticmethod
     def all_versions(txn: ReadTxn) -> Iterator[Version]:
-        for _, raw in txn.items("versions"):
-            yield Version.from_bytes(raw)
+        edits = {bytes(k): overlay.decode(v) for k, v in txn.items(overlay.TABLE)}
+        for k, raw in txn.items("versions"):
+            yield overlay.apply(Version.from_bytes(raw), edits.get(bytes(k), []))
 
     @staticmethod
     def children(txn: ReadTxn, version_id: str) -> list[Version]:

@@ -14,17 +14,20 @@ from typing import Any
 
 import blake3
 
-from modelfs.errors import Conflict, InvalidName, ModelfsError, NotFound, StoreReadOnly
+from modelfs.errors import Conflict, ModelfsError, NotFound, StoreReadOnly
 from modelfs.lineage import FileEntry, LineageGraph, ModelInfo, Version
+from modelfs.lineage.refs import mount_ref
 from modelfs.names import check_file_path, check_model_name
 from modelfs.repo.access import prepare_store, seal_store
 from modelfs.repo.chunks import ChunkCache, ChunkRecord, Counters
 from modelfs.repo.chunksource import LAZY_REMOTE_KEY, ChunkSource, DeferredSource, SourceCounters
+from modelfs.repo import naming
 from modelfs.repo.drafts import Drafts
 from modelfs.repo.files import FileReader, FileRecord, Files
 from modelfs.repo.importer import ChunkHints, Importer, Progress, StoreSettings
 from modelfs.repo.lazy import LazyFetcher
 from modelfs.repo.lossy import LossyPlan, LossyPlanner
+from modelfs.repo.history import History
 from modelfs.repo.maintenance import Maintenance
 from modelfs.repo.parents import Inference, Parents
 from modelfs.repo.reachability import chunk_keys
@@ -140,33 +143,20 @@ class Repo:
             return self.graph.children(txn, version_id)
 
     def resolve(self, ref: str) -> Version:
-        """`model` (its head), `model@N`, `model@-1` (previous...), or a version id (prefix)."""
-        if not ref or "\0" in ref:
-            raise InvalidName(f"bad version reference {ref!r}")
+        """A reference in the grammar of lineage/refs.py (`M`, `M@N`, `M@-K`, `M:TAG`, an id)."""
         with self.store.read() as txn:
-            name, _, num = ref.partition("@")
-            info = self.graph.model(txn, name)
-            if info is not None:
-                if not num:
-                    if info.head is None:
-                        raise NotFound(f"model {name!r} has no versions")
-                    return self.graph.version(txn, info.head)
-                try:
-                    n = int(num)
-                except ValueError:
-                    raise InvalidName(f"bad version number {num!r} in {ref!r}") from None
-                if n <= 0:
-                    n = info.count + n
-                return self.graph.version_by_number(txn, name, n)
-            if not num and len(ref) >= 6 and all(c in "0123456789abcdef" for c in ref):
-                hits = [k.decode() for k in txn.keys("versions", ref.encode())]
-                if len(hits) == 1:
-                    return self.graph.version(txn, hits[0])
-                if len(hits) > 1:
-                    raise InvalidName(f"version id prefix {ref!r} is ambiguous")
-        if "@" in ref:
-            raise NotFound(f"unknown model {name!r} (in {ref!r})")
-        raise NotFound(f"unknown model or version {ref!r}")
+            return naming.resolve(txn, self.graph, ref)
+
+    def resolve_mount(self, name: str) -> Version | None:
+        """What a root name of the mount names (`M@N`, `M:TAG`: refs.mount_ref), or None."""
+        ref = mount_ref(name)
+        if ref is None:
+            return None
+        try:
+            with self.store.read() as txn:
+                return naming.resolve(txn, self.graph, ref)
+        except ModelfsError:
+            return None
 
     def data_version(self) -> int:
         """Changes whenever a version commits, so long-lived views know to refresh."""
@@ -407,3 +397,8 @@ class Repo:
     def maintenance(self) -> Maintenance:
         """du, fsck and gc."""
         return self._maintenance
+
+    def history(self) -> History:
+        """Tags, annotations, checkout, rm, mv and prune (repo/history.py)."""
+        return History(store=self.store, graph=self.graph, lock=self._lock, drafts=self._drafts,
+                       recorder=self._recorder)

@@ -279,3 +279,13 @@ def has_unsketched(txn: ReadTxn) -> bool:
     if origin is None:
         return next(iter(txn.keys("versions")), None) is not None
     return int(origin) > 0 or next(iter(txn.keys(TABLE, b"u")), None) is not None
+
+
+def unindex_version(txn: WriteTxn, vid: str) -> None:
+    """Forget a removed version's sketch records (its layout and file sketches may be shared)."""
+    raw = txn.get(TABLE, b"v" + vid.encode())
+    if raw is not None:
+        lid = bytes.fromhex(json.loads(bytes(raw))["layout"])
+        txn.delete(TABLE, b"m" + lid + vid.encode())
+        txn.delete(TABLE, b"v" + vid.encode())
+    txn.delete(TABLE, b"u" + vid.encode())

@@ -61,8 +61,8 @@ def test_dir_index_has_every_intermediate_directory(repo: Repo) -> None:
 
 
 @pytest.mark.parametrize(("name", "want"), [
-    ("m@1", ("m", 1)), ("a@b@12", ("a@b", 12)), ("m@01", None), ("m@0", None), ("m@", None),
-    ("@1", None), ("m", None), ("m@-1", None), ("m@x", None),
+    ("m@1", ("m", 1)), ("a@b@12", None), ("m@01", None), ("m@0", None), ("m@", None),
+    ("@1", None), ("m", None), ("m@-1", None), ("m@x", None), ("m:best", None),
 ])
 def test_split_ref_accepts_only_canonical_numbers(name: str, want: tuple[str, int] | None) -> None:
     assert split_ref(name) == want
