@@ -34,11 +34,16 @@ from modelfs.fs.config import MountConfig
 from modelfs.fs.draftsync import Recovery, plan_recovery
 from modelfs.fs.ops import Operations
 from modelfs.fs.staging import StagingArea
+from modelfs.ops import lossy
 from modelfs.repo import ChunkSource, Repo, set_file_mode, store_access
 
 log = logging.getLogger("modelfs.fs")
 
 READ_AHEAD_KB = 1024  # 1 MiB FUSE read requests instead of 128 KiB
+# a lazy store: the kernel's read-around of one page fault (safe_open's mmap) must not pull
+# in neighbouring tensors' chunks over the network; sequential reads are fetched ahead by
+# the mount's own read-ahead (MountConfig.for_lazy_store), not the kernel's
+LAZY_READ_AHEAD_KB = 128
 SWITCH_INTERVAL = 0.0005
 
 
@@ -47,7 +52,7 @@ def mount_options() -> set[str]:
     return set(pyfuse3.default_options) | {"fsname=modelfs", "subtype=modelfs"}
 
 
-async def _tune_readahead(ops: Operations, mountpoint: Path) -> None:
+async def _tune_readahead(ops: Operations, mountpoint: Path, kb: int = READ_AHEAD_KB) -> None:
     """Raise the mount's read-ahead to 1 MiB (root only, best effort).
 
     Only after INIT: the kernel clamps read-ahead to what INIT negotiated. The INIT reply is
@@ -61,7 +66,7 @@ async def _tune_readahead(ops: Operations, mountpoint: Path) -> None:
         return
     path = Path("/sys/class/bdi") / m.dev / "read_ahead_kb"
     try:
-        path.write_text(str(READ_AHEAD_KB))
+        path.write_text(str(kb))
         log.info("read-ahead of %s set to %s KiB", mountpoint, path.read_text().strip())
     except OSError as e:
         log.info("could not raise %s (%s): reads stay at the kernel default", path, e.strerror)
@@ -105,7 +110,8 @@ async def _run(ops: Operations, mountpoint: Path, grace: float, recovery: Recove
         nursery.start_soon(_handle_signals, mountpoint, grace, nursery)
         nursery.start_soon(ops.watch_repo)
         nursery.start_soon(ops.commit_loop)
-        nursery.start_soon(_tune_readahead, ops, mountpoint)
+        lazy = ops.repo.chunk_source is not None
+        nursery.start_soon(_tune_readahead, ops, mountpoint, LAZY_READ_AHEAD_KB if lazy else READ_AHEAD_KB)
         ops.start_recovery(recovery)
         await pyfuse3.main()  # returns once the kernel drops the connection (unmounted)
         await ops.shutdown()  # store what was closed, commit every draft
@@ -145,6 +151,7 @@ def serve(store: Path, mountpoint: Path, config: MountConfig | None = None) -> N
     sys.setswitchinterval(SWITCH_INTERVAL)
     lock = None if config.read_only else _writer_lock(store, mnt)
     repo = Repo.open(store, cache_bytes=config.cache_mb << 20)
+    lossy.install(repo)  # models configured `lossy on` commit their writes lossily (docs/lossy.md)
     staging: StagingArea | None = None
     try:
         lazy = repo.attach_lazy_remote(_chunk_source)  # a lazy store: chunks on first read

@@ -117,6 +117,10 @@ class SeaweedServer:
         try:
             for b in self.buckets:
                 client.head_bucket(Bucket=b)
+            if self.buckets:  # the volume server takes writes and reads (it registers late)
+                client.put_object(Bucket=self.buckets[0], Key=".modelfs-probe", Body=b"ok")
+                client.get_object(Bucket=self.buckets[0], Key=".modelfs-probe")["Body"].read()
+                client.delete_object(Bucket=self.buckets[0], Key=".modelfs-probe")
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
             return False
         return True
