@@ -13,5 +13,5 @@ __all__ = [
     "register_codec",
     "registered_codecs",
 ]
-from modelfs.codecs import lowrank, mix, sparse  # noqa: E402,F401  (register the update codecs)
-from modelfs.codecs import qdelta  # noqa: E402,F401  (register the quantised-delta codecs of lossy mode)
+# register the update codecs and the quantised-delta codecs of lossy mode
+from modelfs.codecs import lowrank, mix, qdelta, sparse  # noqa: E402,F401
