@@ -124,6 +124,10 @@ def quantise(data: bytes, ctx: EncodeContext, step: float) -> tuple[bytes, bytes
     The reconstruction is what `decode` gives back, computed by decoding the payload, so what
     the gate checks is what a reader gets, bit for bit.
     """
+    if len(data) % ctx.dtype.itemsize or any(len(b) != len(data) for b in ctx.bases):
+        raise ValueError("quantise takes whole elements and bases of the chunk's length")
+    if not (step > 0 and np.isfinite(step)):
+        raise ValueError(f"the step must be a positive number, not {step}")
     k, idx, vals = _codes(data, ctx, step, exact=False)
     payload = _payload(k, idx, vals, step)
     codec = QDELTA if len(ctx.bases) == 1 else QDELTA_AVG

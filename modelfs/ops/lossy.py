@@ -119,7 +119,8 @@ def gate(repo: Repo, model: str, files: Mapping[str, Path], bases: list[Version]
         record["decision"] = "exact: the base of a lineage is always stored exactly"
         return Decision(None, record, ["lossy: no parent, so stored exactly (a lineage's base always is)"]), None
     record["parents"] = [b.ref for b in bases]
-    original = _run(checks, _common_dir(files), model) if checks else {}
+    root = _common_dir(files)
+    original = _run(checks, root, model) if checks else {}
     for name, r in original.items():
         if not r["passed"]:
             tail = "; ".join(r["tail"]) or "no output"
@@ -135,9 +136,12 @@ def gate(repo: Repo, model: str, files: Mapping[str, Path], bases: list[Version]
         attempts.append(attempt)
         if not plan.is_lossy:
             attempt["passed"] = False
-            attempt["why"] = "no tensor is smaller stored lossily"
+            attempt["why"] = "nothing here is smaller stored lossily"
             work.cleanup()
-            break
+            record["attempts"] = attempts
+            record["decision"] = f"exact: {attempt['why']}"
+            return Decision(None, record, [f"lossy: stored exactly, {attempt['why']} "
+                                           f"({plan.exact_note() or 'no float tensor changed'})"]), None
         attempt["change_check"] = plan.check_change()
         if not attempt["change_check"]:
             attempt["passed"] = False
@@ -145,7 +149,7 @@ def gate(repo: Repo, model: str, files: Mapping[str, Path], bases: list[Version]
                               f">= {CHANGE_LIMIT:g}")
             work.cleanup()
             continue
-        recon = _run(checks, _recon_dir(plan, files, Path(work.name)), model) if checks else {}
+        recon = _run(checks, _recon_dir(plan, root, Path(work.name)), model) if checks else {}
         attempt["tests"] = {n: compare(original[n], recon[n], options.tolerance) for n in original}
         attempt["passed"] = all(t["passed"] for t in attempt["tests"].values())
         if attempt["passed"]:
@@ -180,13 +184,15 @@ def _common_dir(files: Mapping[str, Path]) -> Path:
     return roots.pop()
 
 
-def _recon_dir(plan: LossyPlan, files: Mapping[str, Path], work: Path) -> Path:
-    """The reconstruction as a whole checkpoint directory: files not rewritten are linked in."""
-    for path, src in plan.files.items():
-        dest = work / path
-        if not dest.exists():
+def _recon_dir(plan: LossyPlan, original: Path, work: Path) -> Path:
+    """The reconstruction as a whole checkpoint directory: every file the plan did not rewrite
+    (the original's config, tokenizer ...) is linked in from the original directory."""
+    for src in original.rglob("*"):
+        rel = src.relative_to(original)
+        dest = work / rel
+        if src.is_file() and not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.symlink_to(Path(src).resolve())
+            dest.symlink_to(src.resolve())
     return work
 
 
@@ -256,3 +262,51 @@ def describe(decision: Decision) -> list[str]:
                           f"({(t['relative_change'][k] or 0) * 100:.3f}%)" for k in t["original"])
         lines.append(f"gate {name}: {moved or 'passed (no metrics)'}, within {r['tolerance'] * 100:g}%")
     return lines + decision.notes
+
+
+# -- the mount: `modelfs config M lossy on` ------------------------------------------------------
+def install(repo: Repo) -> None:
+    """Make draft commits (the mount's writes, `modelfs commit`) lossy for models configured so."""
+    done: dict[str, set[bytes]] = {}
+    repo.drafts().set_lossy(lambda model: lossy_draft(repo, model, done.setdefault(model, set())))
+
+
+def lossy_draft(repo: Repo, model: str, done: set[bytes] | None = None) -> dict[str, Any] | None:
+    """Before a draft of a lossy model commits: gate its changed files and, when the gate
+    accepts, re-stage them as their reconstructions. Returns the provenance to record.
+
+    A gate that cannot judge (a test failing on the original) leaves the files exact, with
+    the reason recorded: a commit from the mount is never refused for it.
+    """
+    if not wants_lossy(repo, model):
+        return None
+    drafts = repo.drafts()
+    d = drafts.get(model)
+    done = set() if done is None else done
+    changed = {p: e for p, e in (d.changes.items() if d else ()) if e is not None
+               and p not in d.staged and e.key not in done}
+    if not changed:
+        return None
+    bases = repo.delta_bases(model) or [repo.version(v) for v in d.derived_from]
+    with tempfile.TemporaryDirectory(prefix="modelfs-lossy-draft-", dir=_scratch(repo)) as tmp:
+        root = Path(tmp)
+        for path, entry in drafts.view(model).items():  # the whole directory, for the tests
+            dest = root / path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with open(dest, "wb") as f:
+                for piece in repo.iter_file(entry):
+                    f.write(piece)
+        try:
+            options = options_for(repo, model)
+            decision, work = gate(repo, model, {p: root / p for p in changed}, bases, options)
+        except ModelfsError as e:  # a test failing on the original, one since removed ...
+            return {"lossy_gate": {"decision": f"exact: {e}"}}
+        try:
+            if decision.plan is not None:
+                for path, src in decision.plan.files.items():
+                    if work is not None and Path(src).is_relative_to(work.name):
+                        done.add(drafts.stage_file(model, path, Path(src), hints=decision.plan.chunk_hints).key)
+        finally:
+            if work is not None:
+                work.cleanup()
+    return decision.provenance()

@@ -37,13 +37,16 @@ from modelfs.names import check_file_path, check_model_name
 from modelfs.repo import checkpoints
 from modelfs.repo.adapters import ADAPTER_CONFIG, adapter_base
 from modelfs.repo.chunks import ChunkCache
-from modelfs.repo.importer import Importer, StoreSettings
+from modelfs.repo.importer import ChunkHints, Importer, StoreSettings
 from modelfs.repo.parents import Parents
 from modelfs.repo.recording import Recorder
 from modelfs.repo.writelock import WriterLock
 from modelfs.store import ReadTxn, Store, WriteTxn
 
 log = logging.getLogger(__name__)
+
+# lossy mode at commit: model -> provenance to record (or None); set by ops/lossy.py
+LossyHook = Callable[[str], Mapping[str, Any] | None]
 
 
 def _meta_key(model: str) -> bytes:
@@ -106,6 +109,12 @@ class Drafts:
         self._recorder = recorder
         self._parents = parents
         self._resolve = resolve
+        self._lossy: LossyHook | None = None
+
+    def set_lossy(self, hook: LossyHook | None) -> None:
+        """Run `hook(model)` before each commit: lossy mode (ops/lossy.py) re-stores the draft's
+        files as their gated reconstructions and returns the provenance to record (or None)."""
+        self._lossy = hook
 
     # -- reading ---------------------------------------------------------------------------
     def _read(self, txn: ReadTxn, model: str) -> Draft | None:
@@ -203,7 +212,8 @@ class Drafts:
                 return [self._graph.version(txn, v) for v in draft.derived_from], draft
         return [], draft
 
-    def stage_file(self, model: str, path: str, src: Path, expect_staged: Path | None = None) -> FileEntry:
+    def stage_file(self, model: str, path: str, src: Path, expect_staged: Path | None = None,
+                   hints: ChunkHints | None = None) -> FileEntry:
         """Store a closed file as a pending change of `model` (durable when this returns).
 
         With `expect_staged`, the change is recorded only if the path still points at that
@@ -213,18 +223,19 @@ class Drafts:
         check_model_name(model)
         check_file_path(path)
         with self._lock.hold():
-            entry = self._stage_file(model, path, src, expect_staged)
+            entry = self._stage_file(model, path, src, expect_staged, hints)
         if expect_staged is not None:
             expect_staged.unlink(missing_ok=True)
         return entry
 
-    def _stage_file(self, model: str, path: str, src: Path, expect_staged: Path | None) -> FileEntry:
+    def _stage_file(self, model: str, path: str, src: Path, expect_staged: Path | None,
+                    hints: ChunkHints | None = None) -> FileEntry:
         bases, draft = self._bases(model, path, src)
         inference = None
         if not bases:
             inference = self._parents.inference({path: src})
             bases = list(inference.parents) if inference else []
-        importer = Importer(self._store, self._cache, self._settings)
+        importer = Importer(self._store, self._cache, self._settings, hints=hints)
         try:
             with ThreadPoolExecutor(max_workers=importer.workers) as pool:
                 entry, rec = importer.store_file(path, src, self._parents.tensors(bases), pool)
@@ -414,6 +425,9 @@ class Drafts:
         around files still being stored: those stay pending for the next version.
         """
         self.recover(model, own=own)
+        extra = self._lossy(model) if self._lossy is not None else None
+        if extra:  # lossy mode replaced the draft's files by their reconstructions
+            provenance = dict(provenance or {}) | dict(extra)
         with self._store.write() as txn:
             draft = self._read(txn, model)
             if draft is None:
