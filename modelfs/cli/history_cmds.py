@@ -1,17 +1,17 @@
-"""`modelfs log`, `show`, `lineage`: reading the lineage graph (nothing here writes)."""
+"""`modelfs log`, `show` (and `lineage`, from lineage_cmds): reading the lineage (nothing writes)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 from typing import Any
 
 import click
 
 from modelfs.cli.app import open_repo
+from modelfs.cli.lineage_cmds import lineage
 from modelfs.cli.lossy_cmds import lossy_mark, show_lossy
-from modelfs.cli.render import human_bytes, lineage_dot, lineage_svg, lineage_tree
+from modelfs.cli.render import human_bytes
 from modelfs.lineage.search import Query, parse_since
 from modelfs.repo import Version
 
@@ -44,33 +44,6 @@ def log(ctx: click.Context, model: str, max_count: int | None, grep: str | None,
             mark = lossy_mark(v)
             click.echo(f"{v.ref:<24} {v.id}  {when}  parents: {parents}  how: {v.how or '-'}"
                        f"  {human_bytes(v.logical_size)}{'  ' + mark if mark else ''}  {v.message}")
-
-
-@click.command()
-@click.option("--dot", is_flag=True, help="Print Graphviz DOT instead of a tree.")
-@click.option("--svg", type=click.Path(dir_okay=False, path_type=Path), help="Write the graph as an SVG picture.")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def lineage(ctx: click.Context, dot: bool, svg: Path | None, as_json: bool) -> None:
-    """The whole lineage graph: every model and version with its parents."""
-    from modelfs.ops.results import status_by_version
-
-    with open_repo(ctx) as repo:
-        versions = repo.all_versions()
-        status = status_by_version(repo)  # {} until tests have run: the pictures are as before
-    if as_json:
-        click.echo(json.dumps([{"id": v.id, "ref": v.ref, "parents": list(v.parents), "how": v.how,
-                                **({"tests": dict(zip(("passed", "failed"), status[v.id], strict=True))}
-                                   if v.id in status else {})}
-                               for v in versions], indent=1))
-    elif svg:
-        svg.write_text(lineage_svg(versions, status))
-        click.echo(f"wrote {svg}")
-    elif dot:
-        click.echo(lineage_dot(versions), nl=False)
-    else:
-        for line in lineage_tree(versions, status) or ["(empty store)"]:
-            click.echo(line)
 
 
 @click.command()

@@ -164,13 +164,17 @@ def test_lineage_tree_svg_and_json_show_test_status(site: Site) -> None:
     if not runs(site.log):
         invoke(site, "test", "add", "norm", "--cmd", site.cmd())
         invoke(site, "test", "run")
-    tree = invoke(site, "lineage").stdout
+    tree = invoke(site, "lineage", "--versions").stdout
     line = {ln.strip("│├└─ ").split()[0]: ln for ln in tree.splitlines()}
     assert line["base@2"].endswith("[tests ✓1]") and line["big@1"].endswith("[tests ✓0 ✗1]")
+    models = {ln.strip("│├└─ ").split()[0]: ln for ln in invoke(site, "lineage").stdout.splitlines()}
+    assert "[tests @2 ✓1]" in models["base"] and "[tests @1 ✓0 ✗1]" in models["big"]
+    dot = invoke(site, "lineage", "--dot").stdout  # the picture: red fill where a test fails
+    assert 'label="@1\\n✓0 ✗1", fillcolor="#fde8e8"' in dot and "✓1" in dot
     svg = site.root / "lineage.svg"
     assert invoke(site, "lineage", "--svg", str(svg)).returncode == 0
     text = svg.read_text()
-    assert 'class="tests" fill="#a22">✓0 ✗1</text>' in text and ">✓1</text>" in text and 'stroke="#a22"' in text
+    assert "✓0 ✗1" in text and "#fde8e8" in text and "a test fails" in text
     doc = {v["ref"]: v for v in json.loads(invoke(site, "lineage", "--json").stdout)}
     assert doc["big@1"]["tests"] == {"passed": 0, "failed": 1} and doc["ft@1"]["tests"]["passed"] == 1
 
