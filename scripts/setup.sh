@@ -12,6 +12,7 @@ dpkg -s libfuse3-dev >/dev/null 2>&1 || need_apt+=(libfuse3-dev)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v git-lfs >/dev/null 2>&1 || need_apt+=(git-lfs)
 command -v ss >/dev/null 2>&1 || need_apt+=(iproute2)  # the Ray test checks listeners
+command -v dot >/dev/null 2>&1 || need_apt+=(graphviz)  # modelfs lineage --svg/--png
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)  # the codecs' decode kernel is C (modelfs/codecs/kernels.c)
 python3 -c 'import os, sysconfig; raise SystemExit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
   || need_apt+=(python3-dev)
