@@ -149,19 +149,28 @@ def commit(ctx: click.Context, model: str | None, message: str, force: bool, wai
         click.echo(f"committed {v.ref} ({v.id})" if v else f"{model}: nothing to commit")
 
 
+WAIT_GRACE = 2.0  # seconds commit --wait gives a just-closed file to reach the mount as a draft
+
+
 def _commit_waiting(repo: Repo, model: str, message: str, timeout: float) -> Version | None:
     """Commit once the mount stored every closed file of MODEL; a version the mount committed
     itself meanwhile (its settle rule) is the answer too. One line if it takes too long."""
     drafts = repo.drafts()
     start_head = _head_id(repo, model)
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     while True:
         d = drafts.get(model)
         if d is not None and d.held:
             return drafts.commit(model, message=message)  # raises: says why and what to do
         if d is None or not d.pending_files:
             head = _head_id(repo, model)
-            return repo.version(head) if head and head != start_head else None
+            if head and head != start_head:
+                return repo.version(head)
+            if time.monotonic() - start >= WAIT_GRACE:
+                return None
+            time.sleep(0.1)  # a close the kernel has not handed to the mount yet (release is async)
+            continue
         if not d.staged:
             try:
                 return drafts.commit(model, message=message)

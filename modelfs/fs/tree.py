@@ -433,9 +433,14 @@ class Tree:
         out = []
         for name in self._kinds[type(p.key)].names(p):
             child = self._child(p, name)
-            if child is not None:
+            if child is None:
+                continue
+            try:
                 out.append((name, self.attr(child, SHORT_TIMEOUT if self._moving(p, child)
                                             else None)))
+            except FsError as e:  # gone while listed (`modelfs rm` from elsewhere): leave it out
+                if e.errno != errno.ENOENT:
+                    raise
         return out
 
     def readlink(self, ino: int) -> str:
