@@ -39,6 +39,9 @@ class Removal:
     deleted: set[str] = field(default_factory=set)  # version ids whose records went
 
 
+TSIG_LEN = 16  # bytes of recording.tensor_signature, before the version id in a tsig key
+
+
 def _vnum_key(model: str, number: int) -> bytes:
     return model.encode() + b"\0" + number.to_bytes(8, "big")
 
@@ -239,6 +242,7 @@ class History:
                               "set": {"removed": f"{what} of {v.ref}"}}]))
                 continue
             self._forget(txn, v)
+        self._unindex_signatures(txn, out.deleted)
         return out
 
     def _forget(self, txn: WriteTxn, v: Version) -> None:
@@ -249,10 +253,17 @@ class History:
             txn.delete("children", p.encode() + b"\0" + v.id.encode())
         for k in list(txn.keys("children", v.id.encode() + b"\0")):
             txn.delete("children", k)
-        suffix = v.id.encode()
-        for k in [bytes(k) for k in txn.keys("tsig") if bytes(k).endswith(suffix)]:
-            txn.delete("tsig", k)
         sketches.unindex_version(txn, v.id)
+
+    @staticmethod
+    def _unindex_signatures(txn: WriteTxn, ids: set[str]) -> None:
+        """The tensor-signature index is keyed signature first: one pass over it for all the
+        removed versions (TSIG_LEN bytes of signature, then the version id)."""
+        if not ids:
+            return
+        wanted = {i.encode() for i in ids}
+        for k in [bytes(k) for k in txn.keys("tsig") if bytes(k)[TSIG_LEN:] in wanted]:
+            txn.delete("tsig", k)
 
     def _splice(self, txn: WriteTxn, versions: list[Version], gone: set[str]) -> None:
         """Each remaining version (kept, or kept as history) whose previous was deleted gets the

@@ -169,3 +169,18 @@ def test_mv_moves_names_numbers_and_tags(lin: Repo) -> None:
     with pytest.raises(InvalidName):
         h.rename("model", "a@b")
     assert lin.maintenance().fsck().ok
+
+
+def test_removed_versions_leave_no_index_entries_and_inference_still_works(lin: Repo, tmp_path: Path) -> None:
+    solo = lin.resolve("solo")
+    lin.history().remove("solo")
+    with lin.read_txn() as txn:
+        assert not [k for k in txn.keys("tsig") if bytes(k).endswith(solo.id.encode())]
+        assert txn.get("sketch", b"v" + solo.id.encode()) is None
+        assert not [k for k in txn.keys("children") if solo.id.encode() in bytes(k)]
+    # a new import whose weights are solo's: inference must not reach the removed version
+    v = lin.import_dir(ckpt(tmp_path / "again", 20), "again")
+    assert v.derived_from == () or all(p != solo.id for p in v.derived_from)
+    lin.history().prune("m", keep_last=1, force=True)
+    w = lin.import_dir(ckpt(tmp_path / "again3", 3), "again3")
+    assert all(lin.version(p) for p in w.derived_from)
