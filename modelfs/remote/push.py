@@ -27,7 +27,7 @@ from modelfs.remote.packs import (
     pack_key,
 )
 from modelfs.remote.state import Holdings, Ref, Remote
-from modelfs.repo import ChunkRecord, Repo, Transfer, file_record_chunks
+from modelfs.repo import ChunkRecord, Repo, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -119,16 +119,8 @@ class Pusher:
         sequential read of a file finds its chunks side by side in a pack)."""
         if not versions:
             return []
-        reach, missing = self.transfer.reachable_chunks(versions)
-        order: dict[bytes, None] = {}
-        files = self.transfer.file_records(versions)
-        for v in versions:
-            for _, e in sorted(v.files.items()):
-                for k in file_record_chunks(files[e.key]):
-                    order.setdefault(k)
-        for k in sorted(reach):
-            order.setdefault(k)
-        need = [k for k in order if k in reach and k not in held.chunks]
+        there = {k: e.bases for k, e in held.chunks.items()}
+        need, missing = self.transfer.chunks_to_send(versions, there)
         if missing:
             raise NotFound(f"this store lacks what it would push ({missing[0]}): "
                            "fetch it first (modelfs fetch) or run fsck")

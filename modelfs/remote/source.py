@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,9 +27,12 @@ class RemoteChunkSource:
     """`ChunkSource` over one remote's packs, from the indexes kept in the local store."""
 
     def __init__(self, remote: Remote, indexes: dict[str, bytes], workers: int = 8,
-                 gap: int = 256 << 10) -> None:
+                 gap: int = 256 << 10, repo: Repo | None = None, refresh_s: float = 10.0) -> None:
         self.name = remote.name
         self.remote = remote
+        self._repo = repo
+        self._refresh_s = refresh_s
+        self._refreshed = -refresh_s
         self.counters = SourceCounters()
         self._gap = gap
         self._held = Holdings()
@@ -60,7 +64,24 @@ class RemoteChunkSource:
         self.counters.add(len(got), len(data))
         return got
 
+    def _refresh(self) -> None:
+        """Asked for a chunk no kept index lists (pushed after the clone): read the remote's
+        indexes anew (keeping them in the store), at most once every `refresh_s` seconds."""
+        now = time.monotonic()
+        with self._lock:
+            if self._repo is None or now - self._refreshed < self._refresh_s:
+                return
+            self._refreshed = now
+        try:
+            held = self.remote.holdings(self._repo)
+        except ModelfsError as e:
+            raise RemoteUnavailable(f"{self.remote.where()}: cannot read its indexes: {e}") from None
+        with self._lock:
+            self._held = held
+
     def fetch(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        if any(k not in self._held.chunks for k in keys):
+            self._refresh()
         entries = [self._held.chunks[k] for k in dict.fromkeys(keys) if k in self._held.chunks]
         if not entries:
             return {}
@@ -86,7 +107,7 @@ def open_chunk_source(repo: Repo, remote_name: str, options: Options | None = No
     if not indexes:
         remote.holdings(repo)
         indexes = Transfer(repo).cached_indexes(remote_name)
-    return RemoteChunkSource(remote, indexes)
+    return RemoteChunkSource(remote, indexes, repo=repo)
 
 
 def remote_for_store(repo: Repo, options: Options | None = None) -> ChunkSource | None:

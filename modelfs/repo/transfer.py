@@ -18,8 +18,8 @@ from typing import Any
 from modelfs.errors import Conflict, NotFound
 from modelfs.lineage import Version
 from modelfs.repo import sketches
+from modelfs.repo.chunks import ChunkRecord
 from modelfs.repo.files import FileRecord
-from modelfs.repo.reachability import Reachability
 from modelfs.repo.recording import Recorder
 from modelfs.repo.repo import Repo
 from modelfs.repo.writelock import WriterLock
@@ -79,14 +79,39 @@ class Transfer:
                     out[sketches.file_key(k)] = bytes(raw)
         return out
 
-    def reachable_chunks(self, versions: Iterable[Version]) -> tuple[set[bytes], list[str]]:
-        """Chunks these versions reach with their delta bases (read from the local records),
-        and what is missing here (a lazy store's chunks not fetched yet)."""
+    def chunks_to_send(self, versions: Iterable[Version], there: Mapping[bytes, tuple[bytes, ...]]
+                       ) -> tuple[list[bytes], list[str]]:
+        """The chunks these versions reach, with their delta bases, that are not `there`
+        (chunk key -> its bases, as the remote's indexes list them), in file order; and what
+        is missing here (a lazy store's chunks not fetched yet that the remote lacks too).
+
+        A chunk the remote holds is not read here, but its bases are still followed: a killed
+        push may have uploaded a delta's pack and not its base's."""
+        order: dict[bytes, None] = {}
+        missing: list[str] = []
+        seen: set[bytes] = set()
         with self._store.read() as txn:
-            reach = Reachability(txn, bases=True)
             for v in versions:
-                reach.add(v.ref, v.files)
-            return set(reach.chunks), list(reach.missing)
+                for path, e in sorted(v.files.items()):
+                    raw = txn.get("files", e.key)
+                    if raw is None:
+                        raise NotFound(f"{v.ref}: file record for {path} is missing (run fsck)")
+                    stack = list(reversed(file_record_chunks(bytes(raw))))
+                    while stack:
+                        k = stack.pop()
+                        if k in seen:
+                            continue
+                        seen.add(k)
+                        if k in there:
+                            stack += there[k]
+                            continue
+                        craw = txn.get("chunks", k)
+                        if craw is None:
+                            missing.append(f"{v.ref}:{path}: chunk {k.hex()}")
+                            continue
+                        order[k] = None
+                        stack += [b for b, _ in ChunkRecord.from_bytes(craw).bases]
+        return list(order), missing
 
     def missing_chunks(self, keys: Iterable[bytes]) -> set[bytes]:
         with self._store.read() as txn:

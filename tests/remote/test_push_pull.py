@@ -119,6 +119,7 @@ def test_lazy_clone_moves_under_1_percent_and_fetch_brings_the_rest(spot: Remote
     a.close()
 
 
+@pytest.mark.parametrize("spot", ["file"], indirect=True)  # the same on S3: the lazy clone test ranges over it
 def test_pull_into_a_lazy_store_brings_metadata_only(spot: RemoteSpot, tmp_path: Path,
                                                      make_lineage) -> None:  # type: ignore[no-untyped-def]
     base, (ft,) = make_lineage(n_tensors=2, elems=1 << 16, children=1)
@@ -139,6 +140,7 @@ def test_pull_into_a_lazy_store_brings_metadata_only(spot: RemoteSpot, tmp_path:
     a.close()
 
 
+@pytest.mark.parametrize("spot", ["file"], indirect=True)  # history logic: the transport plays no part
 @pytest.mark.parametrize("what", ["diverged", "ahead"])
 def test_pull_refuses_a_diverged_history_and_skips_a_store_ahead(spot: RemoteSpot, tmp_path: Path,
                                                                  make_lineage, what: str) -> None:  # type: ignore[no-untyped-def]
