@@ -236,3 +236,32 @@ def test_wrong_credentials_and_a_missing_bucket_are_one_line_each(s3_server, tmp
 def test_the_server_listens_on_loopback_only(s3_server) -> None:  # type: ignore[no-untyped-def]
     addrs = s3_server.listening()
     assert addrs and all(a.startswith("127.0.0.1:") for a in addrs), addrs
+
+
+@pytest.mark.parametrize("spot", ["file"], indirect=True)
+def test_a_delta_uploaded_without_its_base_gets_its_base_on_the_next_push(spot: RemoteSpot, tmp_path: Path,
+                                                                          make_lineage) -> None:  # type: ignore[no-untyped-def]
+    """A killed push may leave a delta chunk's pack on the remote and not its base's pack."""
+    from modelfs.remote.packs import KIND_CHUNKS, Record, build_pack, index_key, pack_key
+
+    base, (ft,) = make_lineage(n_tensors=2, elems=1 << 16, children=1)
+    a = Repo.init(tmp_path / "a")
+    a.import_dir(base, "base")
+    a.import_dir(ft, "ft", parents=["base"])
+    deltas = [k for k in a.chunk_keys(a.resolve("ft")) if a.chunk_record(k).bases]
+    assert deltas
+    r = spot.attach(a)
+    with a.read_txn() as txn:
+        raw = bytes(txn.get("chunks", deltas[0]))
+    data, idx = build_pack(KIND_CHUNKS, [Record("chunks", deltas[0], raw, tuple(
+        b for b, _ in a.chunk_record(deltas[0]).bases))])
+    r.store.put(pack_key(idx.pack), data)
+    r.store.put(index_key(idx.pack), idx.to_bytes())
+    out = push(a, spot.attach(a))
+    assert out["chunks"] == len(a.chunk_keys(a.resolve("ft"), a.resolve("base"))) - 1
+    clone(spot.url, tmp_path / "b", options=spot.options)
+    with Repo.open(tmp_path / "b") as b:
+        b.export("ft", tmp_path / "x")
+        assert b.maintenance().fsck().ok
+    assert dir_blake3(tmp_path / "x") == dir_blake3(ft)
+    a.close()
