@@ -18,10 +18,10 @@ import blake3
 from modelfs.codecs import EncodeContext, get_codec
 from modelfs.dtypes import DTYPES, DType
 from modelfs.errors import CorruptData, ModelfsError, NotFound
-from modelfs.repo.chunksource import ChunkSource
 from modelfs.store import ReadTxn, Store
 
-if TYPE_CHECKING:  # the fetcher reads ChunkRecord from here
+if TYPE_CHECKING:  # both read ChunkRecord from here
+    from modelfs.repo.chunksource import ChunkSource
     from modelfs.repo.lazy import LazyFetcher
 
 KEY_LEN = 32

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from modelfs.errors import ModelfsError, RemoteUnavailable
+from modelfs.repo.chunks import ChunkRecord
 from modelfs.store import TABLES, LmdbStore, Store
 
 # the store's meta key naming the remote a lazy store fetches its chunks from
@@ -86,10 +87,22 @@ class DeferredSource:
             src = self._source
         return src.fetch(keys)
 
+    def bases(self, key: bytes) -> tuple[bytes, ...]:
+        """The opened source's `bases`, where it has one (see `chain_of`)."""
+        return chain_of(self._source, key) if self._source is not None else ()
+
     def close(self) -> None:
         close = getattr(self._source, "close", None)
         if callable(close):
             close()
+
+
+def chain_of(source: object, key: bytes) -> tuple[bytes, ...]:
+    """A chunk's delta bases as the source's index knows them before fetching (a remote's
+    pack index lists them), so a read asks for its whole chain in one fetch; () when the
+    source cannot tell (then the chain is fetched one level per call)."""
+    bases = getattr(source, "bases", None)
+    return tuple(bases(key)) if callable(bases) else ()
 
 
 class StoreChunkSource:
@@ -116,6 +129,12 @@ class StoreChunkSource:
                     out[k] = bytes(raw)
         self.counters.add(len(out), sum(len(v) for v in out.values()))
         return out
+
+    def bases(self, key: bytes) -> tuple[bytes, ...]:
+        """A chunk's delta bases, from its record in the source store (read, not counted)."""
+        with self.store.read() as txn:
+            raw = txn.get("chunks", key)
+            return () if raw is None else tuple(k for k, _ in ChunkRecord.from_bytes(raw).bases)
 
     def close(self) -> None:
         self.store.close()

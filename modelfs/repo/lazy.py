@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from modelfs.errors import ModelfsError, NotFound
 from modelfs.repo.chunks import ChunkRecord
-from modelfs.repo.chunksource import ChunkSource
+from modelfs.repo.chunksource import ChunkSource, chain_of
 from modelfs.repo.writelock import WriterLock
 from modelfs.store import Store
 
@@ -105,8 +105,9 @@ class LazyFetcher:
         return got
 
     def ensure(self, keys: Iterable[bytes]) -> None:
-        """Fetch what the store lacks of `keys` and of their delta chains, batched per level."""
-        want = self._missing(dict.fromkeys(keys))
+        """Fetch what the store lacks of `keys` and of their delta chains: in one call where
+        the source's index knows the chains, else one call per level."""
+        want = self._missing(self._with_chains(self._missing(dict.fromkeys(keys))))
         while want:
             mine, theirs = self._claim(want)
             if mine:
@@ -172,6 +173,16 @@ class LazyFetcher:
             close()
 
     # -- internals -------------------------------------------------------------------------
+    def _with_chains(self, keys: list[bytes]) -> dict[bytes, None]:
+        out = dict.fromkeys(keys)
+        stack = list(keys)
+        while stack:
+            for b in chain_of(self.source, stack.pop()):
+                if b not in out:
+                    out[b] = None
+                    stack.append(b)
+        return out
+
     def _local(self, key: bytes) -> bool:
         with self.store.read() as txn:
             return txn.get("chunks", key) is not None

@@ -102,6 +102,20 @@ def test_one_tensor_fetches_only_its_chunks_in_few_calls(full: Path, tmp_path: P
         assert source.counters.bytes <= 2 * _origin(source).stored_size_of(set(t.chunks))
 
 
+def test_a_delta_tensor_and_its_chain_come_in_one_call(full: Path, tmp_path: Path) -> None:
+    repo, source = _lazy(full, tmp_path / "lazy")
+    with repo:
+        v = repo.resolve("m@2")
+        reader = repo.open_file(v.files["model.safetensors"])
+        t = next(t for t in reader.record.tensors() if t.name == "layer2.weight")
+        reader.read(t.offset, t.nbytes)
+        f = _origin(source)
+        bases = {b for k in t.chunks for b, _ in f.chunk_record(k).bases}
+        assert bases, "expected m@2's chunks to be deltas on m@1's"
+        assert source.counters.requests == 1  # the source knows the chains: one call
+        assert source.counters.chunks == len(set(t.chunks) | bases)
+
+
 def test_concurrent_readers_fetch_each_chunk_once(full: Path, tmp_path: Path) -> None:
     repo, source = _lazy(full, tmp_path / "lazy")
     with repo:
