@@ -504,7 +504,9 @@ class Drafts:
             prov = dict(provenance or {}) | {"step": c.step, "checkpoint": c.unit}
             if draft.inferred and derived:
                 prov["inferred_parent"] = self._graph.version(txn, derived[0]).ref
-            how = (draft.how or "checkpoint") if derived or head_files is None else "checkpoint"
+            # a trainer's first checkpoint of a model made from another is a fine-tune of it
+            how = (draft.how or ("finetune" if derived else "checkpoint")) if head_files is None \
+                else "checkpoint"
             v = self._recorder.record_in(txn, model, c.files, [], derived, how, message, prov)
             made.append(v)
             known[c.unit] = v.id
