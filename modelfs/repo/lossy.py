@@ -39,7 +39,7 @@ from modelfs.repo.importer import ParentTensors, StoreSettings, chunk_bytes_for,
 CHANGE_LIMIT = 0.10  # check 2: a tensor's error must stay below this share of its change
 SAMPLE = 1 << 15  # changed elements the step search looks at
 SEARCH_STEPS = 11  # bisections of the bracket (a factor 256): the step to within 0.3%
-MARGIN = 0.95  # the search aims this far under `aim`, so the full tensor lands below it
+MARGIN = 0.97  # the search aims this far under `aim`, so the full tensor lands below it
 SHRINK = 0.7  # a step whose full error missed `aim` is retried this much finer
 
 
