@@ -62,6 +62,7 @@ class SeaweedServer:
     buckets: tuple[str, ...] = ("modelfs-test",)  # made on startup (lowercase and dashes)
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    flags: tuple[str, ...] = ()  # more `weed mini` flags (e.g. -s3.autoCreateBucket=false)
 
     @property
     def endpoint(self) -> str:
@@ -80,6 +81,7 @@ class SeaweedServer:
         argv += [f"-{name}={port}" for name, port in self.ports.items()]
         if self.buckets:
             argv.append(f"-bucket={','.join(self.buckets)}")
+        argv += self.flags
         env = {"PATH": "/usr/bin:/bin", "HOME": str(self.data), **self.env()}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
