@@ -265,3 +265,22 @@ def test_a_delta_uploaded_without_its_base_gets_its_base_on_the_next_push(spot: 
         assert b.maintenance().fsck().ok
     assert dir_blake3(tmp_path / "x") == dir_blake3(ft)
     a.close()
+
+
+@pytest.mark.parametrize("spot", ["file"], indirect=True)
+def test_a_damaged_ref_is_one_line_and_nothing_is_pulled(spot: RemoteSpot, tmp_path: Path,
+                                                         make_lineage) -> None:  # type: ignore[no-untyped-def]
+    base, _ = make_lineage(n_tensors=1, elems=1 << 12, children=0)
+    a = Repo.init(tmp_path / "a")
+    a.import_dir(base, "m")
+    r = spot.attach(a)
+    push(a, r)
+    b = Repo.init(tmp_path / "b")
+    for garbage in (b"{not json", b'{"model": "m", "head": "x", "versions": []}'):
+        r.store.put("refs/m.json", garbage)
+        with pytest.raises(CorruptData, match="damaged") as err:
+            pull(b, spot.attach(b))
+        assert "\n" not in str(err.value)
+        assert b.models() == []
+    a.close()
+    b.close()
