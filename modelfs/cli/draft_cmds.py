@@ -143,10 +143,17 @@ def commit(ctx: click.Context, model: str | None, message: str, force: bool, wai
             repo.model(model)  # raises NotFound for an unknown model
         v = _commit_waiting(repo, model, message, timeout) if wait and not force else \
             drafts.commit(model, message=message, force=force)
+        head = repo.resolve(model) if wait and v is None and repo.model(model).head else None
     if as_json:
-        click.echo(json.dumps({"committed": v.ref if v else None, "id": v.id if v else None}))
+        click.echo(json.dumps({"committed": v.ref if v else None, "id": v.id if v else None,
+                               **({"head": head.ref, "head_id": head.id} if head else {})}))
+    elif v is not None:
+        click.echo(f"committed {v.ref} ({v.id})")
+    elif head is not None:  # --wait: the mount had committed every save already
+        click.echo(f"{model}: nothing pending; its head is {head.ref} ({head.id}), committed "
+                   f"{max(0.0, time.time() - head.time):.1f} s ago")
     else:
-        click.echo(f"committed {v.ref} ({v.id})" if v else f"{model}: nothing to commit")
+        click.echo(f"{model}: nothing to commit")
 
 
 WAIT_GRACE = 2.0  # seconds commit --wait gives a just-closed file to reach the mount as a draft
@@ -173,9 +180,12 @@ def _commit_waiting(repo: Repo, model: str, message: str, timeout: float) -> Ver
             continue
         if not d.staged:
             try:
-                return drafts.commit(model, message=message)
+                v = drafts.commit(model, message=message)
             except Conflict:  # a file closed again just now: still being stored
-                pass
+                v = None
+            else:
+                head = _head_id(repo, model)  # None: the mount committed it first (settled)
+                return v or (repo.version(head) if head and head != start_head else None)
         if time.monotonic() > deadline:
             raise ModelfsError(f"{model}: files still being stored after {timeout:.0f} s; "
                                "`modelfs status` shows them")

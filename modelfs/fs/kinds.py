@@ -11,6 +11,7 @@ import stat
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from modelfs.errors import NotFound
 from modelfs.fs.nodes import (
     LINEAGE_DIR,
     LONG_TIMEOUT,
@@ -53,7 +54,13 @@ class Root(_Kind):
     def attr(self, n: Node, entry_timeout: float | None) -> Attr:
         t = self.tree
         names = t.head_names()
-        times = [t.version(m.head).time for m in t.models().values() if m.head]
+        times = []
+        for m in t.models().values():
+            if m.head:
+                try:
+                    times.append(t.version(m.head).time)
+                except NotFound:  # removed (`modelfs rm`) since the model list was read
+                    t.refresh(force=True)
         mode = 0o755 if t.writable else 0o555
         return Attr(n.ino, stat.S_IFDIR | mode, dir_nlink(len(names) + 2), 0,
                     ns(max(times, default=t.mounted_at)), SHORT_TIMEOUT, SHORT_TIMEOUT)

@@ -148,6 +148,17 @@ class TagLinkKey(Key):
 
 
 @dataclass(frozen=True, slots=True)
+class VersionsTagKey(Key):
+    """``/.versions/<model>/<tag>``: a symlink to ``../../<model>@<n>``, keyed by what it names
+    now, like ``TagLinkKey``."""
+
+    model: str
+    tag: str
+    vid: str
+    kind = Kind.LINK
+
+
+@dataclass(frozen=True, slots=True)
 class LineageKey(Key):
     """``/.lineage``: one directory per version."""
 

@@ -95,6 +95,8 @@ class RepoView(Protocol):
 
     def drafts(self) -> DraftsView: ...
 
+    def tags(self, model: str | None = None) -> list[tuple[str, str, Version]]: ...
+
 
 class Tree:
     """The inode table and the naming rules of the mount, over a ``RepoView``.
@@ -209,6 +211,10 @@ class Tree:
                     seen[pid] = self.version(pid)
             return list(seen.values())
         return list(self.repo.children(vid))
+
+    def tags_of(self, model: str) -> list[tuple[str, Version]]:
+        """A model's tags and what they name now (`modelfs tag`), for ``.versions/<model>``."""
+        return [(t, v) for _, t, v in self.repo.tags(model)]
 
     def is_head_name(self, name: str) -> bool:
         if name in self.models() or name in self.heads or name in self.draft_models:
@@ -432,12 +438,14 @@ class Tree:
             raise FsError(errno.ENOTDIR)
         out = []
         for name in self._kinds[type(p.key)].names(p):
-            child = self._child(p, name)
-            if child is None:
-                continue
             try:
+                child = self._child(p, name)
+                if child is None:
+                    continue
                 out.append((name, self.attr(child, SHORT_TIMEOUT if self._moving(p, child)
                                             else None)))
+            except NotFound:  # its version removed while listed (`modelfs rm`, `prune`)
+                continue
             except FsError as e:  # gone while listed (`modelfs rm` from elsewhere): leave it out
                 if e.errno != errno.ENOENT:
                     raise

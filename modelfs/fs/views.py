@@ -3,6 +3,7 @@
 ::
 
     /.versions/<model>/<n>         symlink -> ../../<model>@<n>
+    /.versions/<model>/<tag>       symlink -> ../../<model>@<n> (the version the tag names)
     /.lineage/<model>@<n>/         version  -> ../../<model>@<n>
                                    parents/<ref>, children/<ref> -> ../../<ref>
                                    how, info.json
@@ -35,6 +36,7 @@ from modelfs.fs.nodes import (
     NodeKind,
     VersionLinkKey,
     VersionsKey,
+    VersionsTagKey,
     dir_nlink,
     ns,
     split_ref,
@@ -59,6 +61,8 @@ class ViewContext(Protocol):
     def versions_of(self, model: str) -> list[Version]: ...
 
     def related(self, vid: str, rel: str) -> list[Version]: ...
+
+    def tags_of(self, model: str) -> list[tuple[str, Version]]: ...
 
 
 class _View(NodeKind):
@@ -94,12 +98,19 @@ class ModelVersionsDir(_View):
 
     def names(self, n: Node) -> Iterable[str]:
         assert isinstance(n.key, ModelVersionsKey)
-        return [str(v.number) for v in self.ctx.versions_of(n.key.model)]
+        model = n.key.model
+        return [str(v.number) for v in self.ctx.versions_of(model)] + [t for t, _ in self.ctx.tags_of(model)]
 
     def child(self, p: Node, name: str) -> Node | None:
         assert isinstance(p.key, ModelVersionsKey)
         model = p.key.model
-        if not name.isdigit() or str(int(name)) != name:
+        if not name.isdigit():  # a tag (tag names are never plain numbers: lineage/refs.py)
+            v = self.ctx.resolve_ref(f"{model}:{name}") if ":" not in name else None
+            if v is None:
+                return None
+            return self.ctx.inodes.get(VersionsTagKey(model, name, v.id), p.ino, vid=v.id,
+                                       target=f"../../{v.ref}")
+        if str(int(name)) != name:
             return None
         v = self.ctx.resolve_ref(f"{model}@{name}")
         if v is None or v.model != model:
@@ -201,6 +212,15 @@ class ViewLink(_View):
                     entry_timeout or LONG_TIMEOUT, LONG_TIMEOUT)
 
 
+class TagViewLink(_View):
+    """A tag under ``.versions/<model>``: it moves, so short timeouts."""
+
+    def attr(self, n: Node, entry_timeout: float | None) -> Attr:
+        assert n.vid is not None
+        return Attr(n.ino, stat.S_IFLNK | 0o777, 1, len(n.target.encode()), self.vtime(n.vid),
+                    SHORT_TIMEOUT, SHORT_TIMEOUT)
+
+
 class ViewText(_View):
     def attr(self, n: Node, entry_timeout: float | None) -> Attr:
         assert n.vid is not None
@@ -215,5 +235,5 @@ def view_kinds(ctx: ViewContext) -> dict[type[Key], NodeKind]:
         VersionsKey: VersionsDir(ctx), ModelVersionsKey: ModelVersionsDir(ctx),
         VersionLinkKey: link, LineageKey: LineageDir(ctx), LineageNodeKey: LineageNodeDir(ctx),
         LineageVersionKey: link, LineageRelKey: LineageRelDir(ctx), LineageRelLinkKey: link,
-        LineageTextKey: ViewText(ctx),
+        LineageTextKey: ViewText(ctx), VersionsTagKey: TagViewLink(ctx),
     }

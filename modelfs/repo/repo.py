@@ -18,16 +18,16 @@ from modelfs.errors import Conflict, ModelfsError, NotFound, StoreReadOnly
 from modelfs.lineage import FileEntry, LineageGraph, ModelInfo, Version
 from modelfs.lineage.refs import mount_ref
 from modelfs.names import check_file_path, check_model_name
+from modelfs.repo import naming
 from modelfs.repo.access import prepare_store, seal_store
 from modelfs.repo.chunks import ChunkCache, ChunkRecord, Counters
 from modelfs.repo.chunksource import LAZY_REMOTE_KEY, ChunkSource, DeferredSource, SourceCounters
-from modelfs.repo import naming
 from modelfs.repo.drafts import Drafts
 from modelfs.repo.files import FileReader, FileRecord, Files
+from modelfs.repo.history import History
 from modelfs.repo.importer import ChunkHints, Importer, Progress, StoreSettings
 from modelfs.repo.lazy import LazyFetcher
 from modelfs.repo.lossy import LossyPlan, LossyPlanner
-from modelfs.repo.history import History
 from modelfs.repo.maintenance import Maintenance
 from modelfs.repo.parents import Inference, Parents
 from modelfs.repo.reachability import chunk_keys
@@ -397,6 +397,10 @@ class Repo:
     def maintenance(self) -> Maintenance:
         """du, fsck and gc."""
         return self._maintenance
+
+    def tags(self, model: str | None = None) -> list[tuple[str, str, Version]]:
+        """(model, tag, version) of every tag, or of one model's (refs MODEL:TAG)."""
+        return self.history().tags(model)
 
     def history(self) -> History:
         """Tags, annotations, checkout, rm, mv and prune (repo/history.py)."""

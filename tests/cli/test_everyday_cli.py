@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from modelfs.fs.config import MountConfig
 from modelfs.fs.handle import MountHandle
 from modelfs.repo import Repo
 
@@ -92,13 +93,16 @@ def test_the_verbs_through_the_cli(store: Path, cli: Callable[..., Any]) -> None
 @pytest.mark.skipif(not FUSE, reason="FUSE is not usable here")
 def test_tags_checkout_and_rm_are_seen_by_a_running_mount(store: Path, tmp_path: Path,
                                                           cli: Callable[..., Any]) -> None:
-    with MountHandle.start(store, tmp_path / "mnt", tmp_path / "mount.log") as m:
+    # a long settle time: the mount never commits on its own here, so commit --wait must
+    with MountHandle.start(store, tmp_path / "mnt", tmp_path / "mount.log", MountConfig(settle=120)) as m:
         mnt = m.path
         assert (mnt / "solo").is_dir() and (mnt / "m@2").is_dir()
         assert not os.path.exists(mnt / "m@0")
         assert cli("tag", "m@2", "best", store=store).returncode == 0
         assert os.readlink(mnt / "m:best") == "m@2"
         assert (mnt / "m:best" / "config.json").read_text() == '{"seed": 2}'
+        assert "best" in os.listdir(mnt / ".versions" / "m")
+        assert os.readlink(mnt / ".versions" / "m" / "best") == "../../m@2"
         r = cli("status", store=store)
         assert f"mounted writable at {mnt}" in r.stdout, r.stdout
         assert cli("checkout", "m:best", store=store).returncode == 0
@@ -113,8 +117,20 @@ def test_tags_checkout_and_rm_are_seen_by_a_running_mount(store: Path, tmp_path:
         while "solo" in os.listdir(mnt) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert "solo" not in os.listdir(mnt) and not os.path.exists(mnt / "solo@1")
+        assert (mnt / "m@1").is_dir()
+        assert cli("prune", "m", "--keep-last", "2", "--force", store=store).returncode == 0
+        deadline = time.monotonic() + 10
+        while os.path.exists(mnt / "m@1") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not os.path.exists(mnt / "m@1") and (mnt / "m@4").is_dir()
+        assert cli("mv", "kid", "kid2", store=store).returncode == 0
+        deadline = time.monotonic() + 10
+        while "kid" in os.listdir(mnt) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "kid" not in os.listdir(mnt) and (mnt / "kid2@1" / "config.json").read_text() == '{"seed": 9}'
         # a save into the mount, then commit --wait returns the version it became
         (mnt / "m" / "notes.txt").write_text("hello\n")
         r = cli("commit", "m", "--wait", "-m", "notes", store=store)
-        assert r.returncode == 0 and ("committed m@5" in r.stdout or "m@5" in r.stdout), (r.stdout, r.stderr)
+        assert r.returncode == 0 and "committed m@5" in r.stdout, (r.stdout, r.stderr)
+        assert "notes.txt" in cli("show", "m@5", store=store).stdout
         assert "Traceback" not in m.log_text()
