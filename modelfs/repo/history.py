@@ -155,6 +155,7 @@ class History:
         with ``keep_tagged``); the versions after a removed one get its predecessor as theirs."""
         if keep_last < 1:
             raise Conflict("--keep-last must be at least 1 (the head stays)")
+        self._no_draft(model, "prune")
         with self._lock.hold(), self._store.write() as txn:
             info = self._need(txn, model)
             versions = self._graph.versions(txn, model)
