@@ -8,9 +8,10 @@ record is checked without trusting the server), and for a chunk its delta bases 
 fetch can follow a chunk's bases without reading the pack). An index ends with the blake3
 of everything before it.
 
-Chunk packs hold ``chunks`` records; metadata packs hold ``versions``, ``files`` and the
-files' ``sketch`` records: a lazy clone downloads the metadata packs and every index, and
-nothing else.
+Chunk packs hold ``chunks`` records as the store holds them (already compressed by their
+codec); metadata packs hold ``versions``, ``files`` and the files' ``sketch`` records, each
+compressed with zstd (`pack_meta` / `unpack_meta`; the index's blake3 is of the compressed
+bytes): a lazy clone downloads those records and the indexes, and nothing else.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import blake3
+import zstandard
 
 from modelfs.errors import CorruptData
 
@@ -30,6 +32,18 @@ KIND_CHUNKS = "c"
 KIND_META = "m"
 _ENTRY = struct.Struct("<BHQI")  # table code, key length, offset, length
 _HASH = 32
+
+
+def pack_meta(raw: bytes) -> bytes:
+    """A metadata record as a metadata pack holds it (zstd: file records are hex and JSON)."""
+    return zstandard.ZstdCompressor(level=9).compress(raw)
+
+
+def unpack_meta(stored: bytes, what: str) -> bytes:
+    try:
+        return zstandard.ZstdDecompressor().decompress(stored)
+    except zstandard.ZstdError as e:
+        raise CorruptData(f"{what} cannot be decompressed ({e})") from None
 
 
 def pack_key(pack_id: str) -> str:

@@ -25,6 +25,7 @@ from modelfs.remote.packs import (
     build_pack,
     index_key,
     pack_key,
+    pack_meta,
 )
 from modelfs.remote.state import Holdings, Ref, Remote
 from modelfs.repo import ChunkRecord, Repo, Transfer
@@ -136,9 +137,9 @@ class Pusher:
     def _meta_records(self, versions: list[Version], held: Holdings) -> list[Record]:
         files = self.transfer.file_records(versions)
         sketch = self.transfer.sketch_records(files)
-        out = [Record("files", k, v) for k, v in files.items() if ("files", k) not in held.meta]
-        out += [Record("sketch", k, v) for k, v in sketch.items() if ("sketch", k) not in held.meta]
-        out += [Record("versions", v.id.encode(), v.to_bytes()) for v in versions]
+        out = [Record("files", k, pack_meta(v)) for k, v in files.items() if ("files", k) not in held.meta]
+        out += [Record("sketch", k, pack_meta(v)) for k, v in sketch.items() if ("sketch", k) not in held.meta]
+        out += [Record("versions", v.id.encode(), pack_meta(v.to_bytes())) for v in versions]
         return out
 
     def _upload(self, kind: str, records: Iterable[Record]) -> int:

@@ -29,6 +29,7 @@ from modelfs.remote.packs import (
     cut,
     index_key,
     pack_key,
+    unpack_meta,
 )
 from modelfs.remote.transport import (
     Counting,
@@ -189,7 +190,8 @@ class Remote:
             got = cut(Span(idx.pack, 0, idx.size, idx.entries), data, self.where())
             if progress:
                 progress(len(data))
-            return {(e.table, e.key): got[e.key] for e in idx.entries}
+            return {(e.table, e.key): unpack_meta(got[e.key], f"{e.table} record {e.key.hex()}")
+                    for e in idx.entries}
 
         out: dict[tuple[str, bytes], bytes] = {}
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -210,7 +212,8 @@ class Remote:
             got = cut(span, data, self.where())
             if progress:
                 progress(len(data))
-            return {(e.table, e.key): got[e.key] for e in span.entries}
+            return {(e.table, e.key): unpack_meta(got[e.key], f"{e.table} record {e.key.hex()}")
+                    for e in span.entries}
 
         out: dict[tuple[str, bytes], bytes] = {}
         with ThreadPoolExecutor(max_workers=8) as pool:
