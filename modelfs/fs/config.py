@@ -34,11 +34,11 @@ class MountConfig:
     stage_delay: float = _opt(0.0, "wait before storing each closed file (tests)", hidden=True)
 
     def for_lazy_store(self) -> MountConfig:
-        """Read-ahead for a store whose chunks come over the network: a window four times as
-        deep and pieces (one fetch each) four times as large, where left at their defaults,
-        so the next fetch is always in flight (hf-mount reads 8 to 128 MiB ahead)."""
+        """Read-ahead for a store whose chunks come over the network, where left at the
+        defaults: a 128 MiB window (hf-mount reads 8 to 128 MiB ahead) in 32 MiB pieces, one
+        fetch each, so a version's chunks come in few large ranged GETs, several in flight."""
         out = self
-        for name, factor in (("window", 4), ("piece", 4)):
+        for name, factor in (("window", 8), ("piece", 16)):
             f = next(f for f in dataclasses.fields(self) if f.name == name)
             if getattr(self, name) == f.default:
                 out = dataclasses.replace(out, **{name: f.default * factor})

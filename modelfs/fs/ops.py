@@ -64,7 +64,7 @@ class Operations(pyfuse3.Operations):
                                                             core.stats)
         cores = os.cpu_count() or 2
         self._limiter = trio.CapacityLimiter(config.threads or cores + 1)
-        self._prefetch_limiter = trio.CapacityLimiter(max(1, cores))
+        self._prefetch_limiter = trio.CapacityLimiter(max(1, cores) * (4 if repo.chunk_source else 1))
         self._io_limiter = trio.CapacityLimiter(4)  # fsync and small store transactions
         self._stage_limiter = trio.CapacityLimiter(1)  # stage_file uses every core itself
         self._locks: dict[str, trio.Lock] = {}
