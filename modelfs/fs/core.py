@@ -320,15 +320,17 @@ class MountCore:
                        ) -> tuple[bool, tuple[str, ...], list[str]]:
         """Before namespace changes reach the draft: whether they start a new save.
 
-        A rename over a file closed whole in this burst (``save_file``'s temp file renamed
-        over the weights again) does: the burst so far commits first, without the renamed
-        files (the new save's). Returns (whether to commit first; the paths to leave out of
+        A rename over a file that was renamed into place whole in this burst (``save_file``'s
+        temp file renamed over the weights again) does: the burst so far commits first,
+        without the renamed files (the new save's). A rename over a file written in place is
+        no new save (``write x; write tmp; mv tmp x`` is one). Returns (whether to commit first; the paths to leave out of
         that commit; the closed files that move, which stay in the burst under their names).
         """
         a = self.settler.of(model)
         moved = [op.new for op in ops if op.kind == "rename" and op.path in a.burst]
         renames = tuple(op.path for op in ops if op.kind == "rename")
-        cut = self._cuts(model, [op.new for op in ops if op.kind == "rename"])
+        cut = self._cuts(model, [op.new for op in ops if op.kind == "rename"
+                                 and op.new in a.renamed])
         # a trainer removing an old checkpoint (save_total_limit) it wrote in this burst:
         # the checkpoint becomes its version first
         cut_rm = self._cuts(model, [op.path for op in ops if op.kind == "remove"
@@ -336,10 +338,16 @@ class MountCore:
         for op in ops:
             if op.kind in ("remove", "rename"):
                 a.burst.discard(op.path)
+                a.renamed.discard(op.path)
         return cut or cut_rm, (renames if cut else ()), moved
 
-    def join_burst(self, model: str, paths: list[str]) -> None:
-        self.settler.of(model).burst.update(paths)
+    def join_burst(self, model: str, ops: list[StoreOp], moved: list[str]) -> None:
+        """After the changes: closed files keep their place in the burst under their new
+        names, and each rename target is a file put in place by a rename (safetensors renames
+        its temp file before it closes it): a second rename over one is a second save."""
+        a = self.settler.of(model)
+        a.burst.update(moved)
+        a.renamed.update(op.new for op in ops if op.kind == "rename")
 
     # ---- closing ----------------------------------------------------------------------------
 

@@ -161,7 +161,7 @@ class Operations(pyfuse3.Operations):
         cut, exclude, moved = self.core.cut_before_ops(model, ops)
         if cut:  # a rename over a file of this burst: the save before it is a version
             await self.commit(model, "a new save", exclude=exclude)
-        self.core.join_burst(model, moved)
+        self.core.join_burst(model, ops, moved)
         async with self._model_op(model):
             try:
                 for op in ops:

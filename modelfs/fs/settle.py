@@ -26,6 +26,7 @@ class Activity:
     settle: float | None = None  # this burst's settle time (read when the burst starts)
     settle_known: bool = False  # read for this burst already
     burst: set[str] = field(default_factory=set)  # paths closed whole since the last commit
+    renamed: set[str] = field(default_factory=set)  # ... of them, put in place by a rename
     last_commit: dict[str, object] = field(default_factory=dict)  # for the head's xattr
 
     def to_json(self) -> dict[str, object]:
@@ -112,6 +113,7 @@ class Settler:
         a = self.of(model)
         a.dirty = a.urgent = False
         a.burst.clear()
+        a.renamed.clear()
         a.settle_known = False
         a.failures = 0
         a.retry_at = float("-inf")
