@@ -21,10 +21,11 @@ BIN = Path(sys.executable).parent / "modelfs"
 BUCKET = "modelfs-demo"
 
 
-def run(*args: str, env: dict[str, str]) -> str:
+def run(*args: str, env: dict[str, str], quiet: bool = False) -> str:
     print(f"\n$ modelfs {' '.join(args)}", flush=True)
     out = subprocess.run([str(BIN), *args], env=env, check=True, capture_output=True, text=True)
-    sys.stdout.write(out.stdout)
+    if not quiet:
+        sys.stdout.write(out.stdout)
     sys.stderr.write(out.stderr)
     return out.stdout
 
@@ -49,7 +50,7 @@ def remote_demo(work: Path, env: dict[str, str], model: str = "minilm") -> dict[
         run("remote", "add", "origin", url, "--endpoint", server.endpoint, env=env)
         pushed = json.loads(run("push", "origin", "--json", env=env))
         moved["push_bytes_up"] = pushed["bytes_up"]
-        du = json.loads(run("du", "--json", env=env))
+        du = json.loads(run("du", "--json", env=env, quiet=True))
         stored = du["total"]["stored"]
         cloned = json.loads(run("clone", "--lazy", url, str(lazy), "--endpoint", server.endpoint,
                                 "--json", env=env))
