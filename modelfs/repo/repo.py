@@ -289,7 +289,10 @@ class Repo:
                    workdir: Path) -> LossyPlan:
         """The reconstruction of `files` against `bases` at error ratio `aim`, written under
         `workdir`; nothing is stored (commit `plan.files` with ``hints=plan.chunk_hints``)."""
-        return LossyPlanner(self.cache, self.settings).plan(files, self._parents.tensors(bases), aim, workdir)
+        lossy = bases[0].provenance.get("lossy") if bases else None
+        originals = lossy.get("originals") if isinstance(lossy, dict) else None
+        return LossyPlanner(self.cache, self.settings).plan(files, self._parents.tensors(bases), aim, workdir,
+                                                            originals)
 
     def advance_head(self, version_id: str) -> Version:
         """Move the head to a version committed with ``move_head=False`` (a gated cascade's

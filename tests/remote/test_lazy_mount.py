@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import blake3
 import pytest
@@ -29,14 +30,12 @@ from modelfs.remote import Options, Remote  # noqa: E402
 from modelfs.remote.pull import clone  # noqa: E402
 from modelfs.remote.push import push  # noqa: E402
 from modelfs.repo import Repo, Transfer  # noqa: E402
-from modelfs.testing.seaweed import SeaweedServer, start_seaweed  # noqa: E402
-
-URL = "s3://modelfs-test/lazy"
 
 
 @dataclass
 class Lazy:
-    server: SeaweedServer
+    server: Any  # the session's S3Server (tests/remote/conftest.py)
+    url: str
     full: Path
     src: Path  # the MiniLM directory imported
     root: Path
@@ -44,23 +43,23 @@ class Lazy:
 
 
 @pytest.fixture(scope="module")
-def lazy(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Iterator[Lazy]:
+def lazy(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path, s3_server: Any) -> Iterator[Lazy]:
     if FUSE_MISSING:
         pytest.fail(FUSE_MISSING)
     root = tmp_path_factory.mktemp("lazy-mount")
-    server = start_seaweed(root / "seaweed")
+    server = s3_server
+    url = f"s3://{server.make_bucket()}/lazy"
     saved = {k: os.environ.get(k) for k in server.env()}
     os.environ.update(server.env())  # the mount daemons inherit the credentials
     try:
         full = root / "full"
         with Repo.init(full) as repo:
             repo.import_dir(minilm_dir, "minilm")
-            Transfer(repo).set_remote("origin", {"url": URL, "endpoint": server.endpoint})
+            Transfer(repo).set_remote("origin", {"url": url, "endpoint": server.endpoint})
             push(repo, Remote.of(repo, "origin"))
-        summary = clone(URL, root / "lazy0", lazy=True, options=Options(endpoint=server.endpoint))
-        yield Lazy(server, full, minilm_dir, root, summary)
+        summary = clone(url, root / "lazy0", lazy=True, options=Options(endpoint=server.endpoint))
+        yield Lazy(server, url, full, minilm_dir, root, summary)
     finally:
-        server.stop()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -152,7 +151,7 @@ def test_server_away_gives_eio_and_the_next_read_retries(lazy: Lazy) -> None:
     with _mount(store, lazy.root / "mnt-away") as m:
         path = m.path / "minilm" / "model.safetensors"
         config = (m.path / "minilm" / "config.json").read_bytes()  # fetched and kept
-        lazy.server.stop()
+        lazy.server.kill()  # the server goes away
         try:
             assert _read_fails(path) == errno.EIO
             assert (m.path / "minilm" / "config.json").read_bytes() == config  # the mount stays up
@@ -168,11 +167,8 @@ def test_server_away_gives_eio_and_the_next_read_retries(lazy: Lazy) -> None:
 
 
 def test_a_corrupted_object_gives_eio_and_nothing_wrong_is_kept(lazy: Lazy) -> None:
-    import boto3
-
-    env = lazy.server.env()
-    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"])
-    bucket, prefix = URL[len("s3://"):].split("/", 1)
+    s3: Any = lazy.server.client()
+    bucket, prefix = lazy.url[len("s3://"):].split("/", 1)
     packs = [o for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
              if o["Key"].endswith(".pack")]
     big = max(packs, key=lambda o: o["Size"])
