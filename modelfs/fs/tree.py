@@ -97,6 +97,8 @@ class RepoView(Protocol):
 
     def tags(self, model: str | None = None) -> list[tuple[str, str, Version]]: ...
 
+    def lineage_edits(self) -> int: ...
+
 
 class Tree:
     """The inode table and the naming rules of the mount, over a ``RepoView``.
@@ -132,6 +134,7 @@ class Tree:
         self.draft_models: set[str] = set()
         self.heads: dict[str, Head] = {}
         self._data_version: int | None = None
+        self._edits: int | None = None  # repo.lineage_edits() when the version cache was filled
         self._checked_at = float("-inf")
         self.pending = Invalidations()
         self._kinds: dict[type[Key], NodeKind] = {**tree_kinds(self), **view_kinds(self)}
@@ -279,7 +282,12 @@ class Tree:
         names of versions that are gone, and the heads of models that are gone, are dropped.
         """
         out: list[tuple[int, str]] = []
-        cached, self._versions = list(self._versions.values()), OrderedDict()
+        edits = self.repo.lineage_edits()
+        if edits == self._edits:  # a commit: every cached version still reads the same
+            cached = []
+        else:
+            self._edits = edits
+            cached, self._versions = list(self._versions.values()), OrderedDict()
         for v in cached:
             try:
                 now = self.repo.version(v.id)

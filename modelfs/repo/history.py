@@ -26,7 +26,7 @@ from modelfs.repo.drafts import Drafts
 from modelfs.repo.naming import TAGS, tag_key, tags_of
 from modelfs.repo.recording import DATA_VERSION_KEY, Recorder, data_version
 from modelfs.repo.writelock import WriterLock
-from modelfs.store import Store, WriteTxn
+from modelfs.store import ReadTxn, Store, WriteTxn
 
 
 @dataclass
@@ -46,8 +46,19 @@ def _vnum_key(model: str, number: int) -> bytes:
     return model.encode() + b"\0" + number.to_bytes(8, "big")
 
 
+EDITS_KEY = b"lineage_edits"  # meta: moves with every change made here (not with commits)
+
+
+def edits_version(txn: ReadTxn) -> int:
+    """Changes whenever a name, tag or annotation changes or a version is removed, so a mount
+    knows when the versions it cached may say something else (commits never change them)."""
+    raw = txn.get("meta", EDITS_KEY)
+    return int(raw) if raw else 0
+
+
 def _bump(txn: WriteTxn) -> None:
     txn.put("meta", DATA_VERSION_KEY, str(data_version(txn) + 1).encode())
+    txn.put("meta", EDITS_KEY, str(edits_version(txn) + 1).encode())
 
 
 class History:

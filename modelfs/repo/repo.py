@@ -24,7 +24,7 @@ from modelfs.repo.chunks import ChunkCache, ChunkRecord, Counters
 from modelfs.repo.chunksource import LAZY_REMOTE_KEY, ChunkSource, DeferredSource, SourceCounters
 from modelfs.repo.drafts import Drafts
 from modelfs.repo.files import FileReader, FileRecord, Files
-from modelfs.repo.history import History
+from modelfs.repo.history import History, edits_version
 from modelfs.repo.importer import ChunkHints, Importer, Progress, StoreSettings
 from modelfs.repo.lazy import LazyFetcher
 from modelfs.repo.lossy import LossyPlan, LossyPlanner
@@ -400,6 +400,12 @@ class Repo:
     def maintenance(self) -> Maintenance:
         """du, fsck and gc."""
         return self._maintenance
+
+    def lineage_edits(self) -> int:
+        """Moves with every rename, removal, tag or annotation (repo/history.py), never with a
+        commit: when it moves, versions a long-lived view cached may read differently."""
+        with self.store.read() as txn:
+            return edits_version(txn)
 
     def tags(self, model: str | None = None) -> list[tuple[str, str, Version]]:
         """(model, tag, version) of every tag, or of one model's (refs MODEL:TAG)."""
