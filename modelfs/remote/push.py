@@ -28,7 +28,7 @@ from modelfs.remote.packs import (
     pack_meta,
 )
 from modelfs.remote.state import Holdings, Ref, Remote
-from modelfs.repo import ChunkRecord, Repo, Transfer
+from modelfs.repo import ChunkRecord, Repo, Transfer, file_record_chunks
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +98,17 @@ class Pusher:
             if old is not None and not is_prefix(old.versions, new.versions):
                 raise Conflict(f"remote has newer versions of {m}; pull first")
             plans.append((new, old))
-            versions += [v for v in vs if ("versions", v.id.encode()) not in held.meta]
+            # every version the ref does not reach yet is walked, even one a killed push left on
+            # the remote: its chunk packs may be gone (gc) while its metadata pack is not
+            versions += [v for v in vs if old is None or v.id not in old.versions]
         need = self._chunks_to_send(versions, held)
         meta = self._meta_records(versions, held)
         chunk_bytes = self.repo.stored_size_of(set(need))
         self.total = chunk_bytes + sum(len(r.value) for r in meta)
         self.on_total(self.total)
+        relied = self._relied_on(plans, held)
         packs = self._upload(KIND_CHUNKS, self._records(need)) + self._upload(KIND_META, meta)
+        self._still_there(relied)
         moved = []
         for new, old in plans:
             if old is not None and old.versions == new.versions and old.head == new.head:
@@ -127,6 +131,30 @@ class Pusher:
                            "fetch it first (modelfs fetch) or run fsck")
         return need
 
+    def _relied_on(self, plans: list[tuple[Ref, Ref | None]], held: Holdings) -> set[str]:
+        """Packs already on the remote that the refs this push moves will reach and the refs
+        there now may not (left by a killed push): a gc could take them while we upload."""
+        fresh = [vid for new, old in plans for vid in new.versions if old is None or vid not in old.versions]
+        if not fresh:
+            return set()
+        versions = [self.repo.version(vid) for vid in fresh]
+        files = self.transfer.file_records(versions)
+        keys = {k for raw in files.values() for k in file_record_chunks(raw)}
+        packs = {held.chunks[k].pack for k in held.chunk_closure(keys) if k in held.chunks}
+        wanted = [("versions", vid.encode()) for vid in fresh]
+        wanted += [(t, k) for f in files for t, k in (("files", f), ("sketch", b"f" + f))]
+        return packs | {held.meta[w].pack for w in wanted if w in held.meta}
+
+    def _still_there(self, packs: set[str]) -> None:
+        """Refuse to move a ref onto packs a concurrent gc removed (one listing)."""
+        if not packs:
+            return
+        listed = {o.key for o in self.remote.store.list("packs/")}
+        gone = sorted(p for p in packs if pack_key(p) not in listed or index_key(p) not in listed)
+        if gone:
+            raise Conflict(f"{self.remote.where()}: pack {gone[0]} this push counted on was removed while "
+                           "it ran (a gc?); nothing was moved: push again")
+
     def _records(self, keys: list[bytes]) -> Iterator[Record]:
         for i in range(0, len(keys), 256):
             raws = self.transfer.chunk_records(keys[i:i + 256])
@@ -139,7 +167,8 @@ class Pusher:
         sketch = self.transfer.sketch_records(files)
         out = [Record("files", k, pack_meta(v)) for k, v in files.items() if ("files", k) not in held.meta]
         out += [Record("sketch", k, pack_meta(v)) for k, v in sketch.items() if ("sketch", k) not in held.meta]
-        out += [Record("versions", v.id.encode(), pack_meta(v.to_bytes())) for v in versions]
+        out += [Record("versions", v.id.encode(), pack_meta(v.to_bytes())) for v in versions
+                if ("versions", v.id.encode()) not in held.meta]
         return out
 
     def _upload(self, kind: str, records: Iterable[Record]) -> int:

@@ -284,3 +284,29 @@ def test_a_damaged_ref_is_one_line_and_nothing_is_pulled(spot: RemoteSpot, tmp_p
         assert b.models() == []
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize("spot", ["file"], indirect=True)
+def test_a_push_refuses_to_move_refs_onto_packs_a_concurrent_gc_removed(spot: RemoteSpot, tmp_path: Path,
+                                                                        make_lineage) -> None:  # type: ignore[no-untyped-def]
+    """A killed push's packs are no ref's; a push that resumes counts on them, and a gc past
+    their grace may remove them meanwhile: the push must not move a ref onto them."""
+    base, _ = make_lineage(n_tensors=20, elems=1 << 15, children=0)
+    a = Repo.init(tmp_path / "a")
+    a.import_dir(base, "m")
+
+    def abort() -> None:
+        raise Abort()
+
+    _push_until(a, spot.attach(a), 2, abort)
+    with pytest.raises(Conflict, match="was removed while it ran .*push again") as err:
+        Pusher(a, spot.attach(a), pack_bytes=256 << 10,
+               on_total=lambda n: gc_remote(spot.attach(a), grace=0)).run(parse_targets(a, []))
+    assert "\n" not in str(err.value)
+    assert not any(k.startswith("refs/") for k in spot.sizes())  # no ref onto missing packs
+    push(a, spot.attach(a), pack_bytes=256 << 10)
+    clone(spot.url, tmp_path / "b", options=spot.options)
+    with Repo.open(tmp_path / "b") as b:
+        b.export("m", tmp_path / "x")
+    assert dir_blake3(tmp_path / "x") == dir_blake3(base)
+    a.close()
