@@ -122,20 +122,47 @@ def _payload(k: np.ndarray, idx: np.ndarray, vals: np.ndarray, step: float) -> b
     return _HEAD.pack(step, width, len(idx), len(codes)) + codes + exc
 
 
-def quantise(data: bytes, ctx: EncodeContext, step: float) -> tuple[bytes, bytes]:
+def quantise(data: bytes, ctx: EncodeContext, step: float, prune: bool = False) -> tuple[bytes, bytes]:
     """(payload, reconstruction) of `data` rounded to the step's grid around the prediction.
 
     The reconstruction is what `decode` gives back, computed by decoding the payload, so what
-    the gate checks is what a reader gets, bit for bit.
+    the gate checks is what a reader gets, bit for bit. `prune`: the "qdelta-prune" coding
+    (the child's new exact zeros kept exactly, the rest quantised around the parent).
     """
     if len(data) % ctx.dtype.itemsize or any(len(b) != len(data) for b in ctx.bases):
         raise ValueError("quantise takes whole elements and bases of the chunk's length")
     if not (step > 0 and np.isfinite(step)):
         raise ValueError(f"the step must be a positive number, not {step}")
+    if prune:
+        bitmap, inner = _pruned(data, ctx)
+        k, idx, vals = _codes(data, inner, step, exact=False)
+        payload = bitmap + _payload(k, idx, vals, step)
+        return payload, QDELTA_PRUNE.decode(memoryview(payload), len(data), ctx)
     k, idx, vals = _codes(data, ctx, step, exact=False)
     payload = _payload(k, idx, vals, step)
     codec = QDELTA if len(ctx.bases) == 1 else QDELTA_AVG
     return payload, codec.decode(memoryview(payload), len(data), ctx)
+
+
+def new_zeros(data: bytes | memoryview, base: bytes | memoryview, dt: DType) -> np.ndarray:
+    """Elements that are zero (either sign) in `data` and not in `base`: what a prune zeroed."""
+    sign = numerics.UINT[dt.itemsize](1 << (8 * dt.itemsize - 1))
+    d, b = numerics.bits(data, dt.itemsize), numerics.bits(base, dt.itemsize)
+    return ((d & ~sign) == 0) & ((b & ~sign) != 0)
+
+
+def _masked(base: bytes | memoryview, mask: np.ndarray, dt: DType) -> bytes:
+    b = numerics.bits(base, dt.itemsize).copy()
+    b[mask] = 0
+    return b.tobytes()
+
+
+def _pruned(data: bytes, ctx: EncodeContext) -> tuple[bytes, EncodeContext]:
+    """The bitmap header of "qdelta-prune" and the context whose base has those zeros applied."""
+    mask = new_zeros(data, ctx.bases[0], ctx.dtype)
+    bitmap = zstd_compress(np.packbits(mask).tobytes())
+    inner = EncodeContext(ctx.dtype, [_masked(ctx.bases[0], mask, ctx.dtype)], ctx.base_dtypes, ctx.hint)
+    return struct.pack("<I", len(bitmap)) + bitmap, inner
 
 
 @dataclass(frozen=True)
@@ -180,5 +207,28 @@ class QDeltaCodec:
         return out.tobytes()
 
 
+@dataclass(frozen=True)
+class QDeltaPruneCodec(QDeltaCodec):
+    """id "qdelta-prune": a bitmap of the elements the child zeroed, then "qdelta" against the
+    parent with those zeros applied, so a magnitude prune keeps its exact zeros (sparsity)."""
+
+    def encode(self, data: bytes, ctx: EncodeContext) -> bytes | None:
+        isz = ctx.dtype.itemsize
+        if len(data) % isz or any(len(b) != len(data) for b in ctx.bases):
+            return None
+        bitmap, inner = _pruned(data, ctx)
+        k, idx, vals = _codes(data, inner, float(ctx.hint.step), exact=True)
+        return bitmap + _payload(k, idx, vals, float(ctx.hint.step))
+
+    def decode(self, payload: memoryview, length: int, ctx: EncodeContext) -> bytes:
+        n = length // ctx.dtype.itemsize
+        (blen,) = struct.unpack_from("<I", payload, 0)
+        bits = np.frombuffer(zstd_decompress(payload[4:4 + blen], (n + 7) // 8), dtype=np.uint8)
+        mask = np.unpackbits(bits, count=n).astype(bool)
+        inner = EncodeContext(ctx.dtype, [_masked(ctx.bases[0], mask, ctx.dtype)], ctx.base_dtypes)
+        return super().decode(payload[4 + blen:], length, inner)
+
+
 QDELTA = register_codec(QDeltaCodec("qdelta", 1))
 QDELTA_AVG = register_codec(QDeltaCodec("qdelta-avg", 2))
+QDELTA_PRUNE = register_codec(QDeltaPruneCodec("qdelta-prune", 1))

@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import blake3
 import numpy as np
 
 from modelfs import numerics
 from modelfs.codecs import EncodeContext, choose_encoding
-from modelfs.codecs.qdelta import QuantHint, lossy_dtype, quantise
+from modelfs.codecs.qdelta import QuantHint, lossy_dtype, new_zeros, quantise
 from modelfs.dtypes import DType
 from modelfs.formats import TensorPart, parse_file
 from modelfs.repo.chunks import ChunkCache
@@ -41,6 +42,7 @@ SAMPLE = 1 << 15  # changed elements the step search looks at
 SEARCH_STEPS = 11  # bisections of the bracket (a factor 256): the step to within 0.3%
 MARGIN = 0.97  # the search aims this far under `aim`, so the full tensor lands below it
 SHRINK = 0.7  # a step whose full error missed `aim` is retried this much finer
+PRUNED = 100  # a child that zeroed at least 1 in this many elements is coded as a prune
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +62,19 @@ class TensorFigures:
     name: str
     dtype: str
     numel: int
-    stored: str  # "lossy", "exact" (kept bit for bit) or "unchanged"
+    stored: str  # "lossy", "exact" (kept bit for bit), "unchanged" or "inherited" (see `_tensor`)
     why: str = ""  # for "exact": the reason
     change: float = 0.0  # ||original - parent reconstruction||, L2
     error: float = 0.0  # ||reconstruction - original||, L2
     step: float | None = None
     lossy_bytes: int = 0  # quantised payloads (estimate of what is stored)
     exact_bytes: int = 0  # the lossless delta's payloads
+    original: str = ""  # blake3 (128 bits, hex) of the original tensor bytes: a child equal to it inherits
+
+    @property
+    def key(self) -> str:
+        """How figures name the tensor: its name, with its file's path unless model.safetensors."""
+        return self.name if self.path == "model.safetensors" else f"{self.path}:{self.name}"
 
     @property
     def ratio(self) -> float:
@@ -92,7 +100,8 @@ class LossyPlan:
 
     @property
     def is_lossy(self) -> bool:
-        return bool(self.lossy)
+        """Whether any stored tensor differs from the original (lossy, or inherited from a lossy parent)."""
+        return any(t.stored in ("lossy", "inherited") for t in self.tensors)
 
     def worst(self) -> TensorFigures | None:
         """The lossy tensor with the largest error / change."""
@@ -121,6 +130,7 @@ class LossyPlan:
             "tensors_lossy": len(lossy),
             "tensors_exact": sum(t.stored == "exact" for t in self.tensors),
             "tensors_unchanged": sum(t.stored == "unchanged" for t in self.tensors),
+            "tensors_inherited": sum(t.stored == "inherited" for t in self.tensors),
             "max_error_ratio": _r(worst.ratio) if worst else 0.0,
             "worst_tensor": worst.name if worst else None,
             "error_ratio": _r(math.sqrt(err2 / chg2)) if chg2 > 0 else 0.0,
@@ -129,8 +139,8 @@ class LossyPlan:
             "lossy_bytes": sum(t.lossy_bytes for t in lossy),
             "exact_delta_bytes": sum(t.exact_bytes for t in lossy),
             "kept_exact": self.exact_note(),
-            "per_tensor": {f"{t.path}:{t.name}" if t.path != "model.safetensors" else t.name:
-                           [_r(t.ratio), _r(t.step or 0.0)] for t in lossy},
+            "per_tensor": {t.key: [_r(t.ratio), _r(t.step or 0.0)] for t in lossy},
+            "originals": {t.key: t.original for t in self.tensors if t.original},
         }
 
 
@@ -157,11 +167,17 @@ class LossyPlanner:
         self._cache = cache
         self._settings = settings
         self._workers = workers or max(2, os.cpu_count() or 2)
+        self._originals: dict[str, str] = {}
 
     def plan(self, files: Mapping[str, Path], parents: list[ParentTensors], aim: float,
-             workdir: Path) -> LossyPlan:
-        """The reconstruction of `files` (written under `workdir`) at error ratio `aim`."""
+             workdir: Path, originals: Mapping[str, str] | None = None) -> LossyPlan:
+        """The reconstruction of `files` (written under `workdir`) at error ratio `aim`.
+
+        `originals`: the first parent's ``originals`` figures (tensor -> blake3 of its original
+        bytes), when the parent is lossy.
+        """
         plan = LossyPlan(aim)
+        self._originals = dict(originals or {})
         for path, src in sorted(files.items()):
             with mapped(src) as mv:
                 layout, _ = parse_file(path, mv)
@@ -175,7 +191,7 @@ class LossyPlanner:
                 figs = list(pool.map(lambda p, b=buf, f=path: self._tensor(plan, f, p, b, parents, aim),
                                      tensors))
             plan.tensors.extend(figs)
-            if any(f.stored == "lossy" for f in figs):
+            if any(f.stored in ("lossy", "inherited") for f in figs):
                 dest = workdir / path
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(bytes(buf))
@@ -218,21 +234,39 @@ class LossyPlanner:
         if data == first:
             fig.stored = "unchanged"
             return fig
+        fig.original = blake3.blake3(data).hexdigest()[:32]
+        if self._originals.get(fig.key) == fig.original:
+            # the parent's original tensor, unchanged (a bias-only or partial fine-tune of a lossy
+            # parent, a prune's untouched tensors): it is the parent's reconstruction, as the
+            # parent's gate accepted it, and costs nothing (the same chunks)
+            buf[part.offset:part.offset + part.nbytes] = first
+            fig.stored = "inherited"
+            return fig
         second = b"".join(self._cache.get(k) for k in base.second.chunks) if base.second else None
         x, p1 = _values(data, dt), _values(first, dt)
         pred = p1 if second is None else (p1 + _values(second, dt)) / 2
+        zeroed = new_zeros(data, first, dt) if second is None else None
+        prune = zeroed is not None and int(zeroed.sum()) >= max(1, numel // PRUNED)
+        if prune:  # a magnitude prune: its new zeros stay exact, the rest is predicted from the parent
+            pred = np.where(zeroed, 0.0, p1)
         fin = np.isfinite(x) & np.isfinite(p1) & np.isfinite(pred)
         fig.change = float(np.linalg.norm((x - p1)[fin]))
         if fig.change == 0.0:
             fig.why = "tensors changed only in non-finite values or signs of zero"
             return fig
-        step = self._search(x, p1, pred, fin, dt, aim)
+        resid = np.abs(x - pred)[fin]
+        if float(np.linalg.norm(resid)) < MARGIN * aim * fig.change:
+            # the prediction alone is close enough (a prune's kept weights, a merge of two
+            # reconstructions): a step no residual reaches, so every code is zero
+            step: float | None = 4 * float(resid.max()) or None
+        else:
+            step = self._search(x, p1, pred, fin, dt, aim)
         if step is None:
             fig.why = "tensors too small to quantise"
             return fig
         cb = chunk_bytes_for(part, self._settings)
         for _ in range(8):
-            recon, payloads = self._quantise(data, dt, first, second, cb, step)
+            recon, payloads = self._quantise(data, dt, first, second, cb, step, prune)
             err = float(np.linalg.norm((_values(recon, dt) - x)[fin]))
             if err < aim * fig.change:
                 break
@@ -248,7 +282,7 @@ class LossyPlanner:
             return fig
         fig.stored = "lossy"
         buf[part.offset:part.offset + part.nbytes] = recon
-        codec = "qdelta" if second is None else "qdelta-avg"
+        codec = "qdelta-avg" if second is not None else "qdelta-prune" if prune else "qdelta"
         for ci in range(len(base.first.chunks)):
             keys = (base.first.chunks[ci],) + ((base.second.chunks[ci],) if base.second else ())
             plan.hints[(path, part.name, ci)] = (LossyHint(codec, keys, QuantHint(step)),)
@@ -270,8 +304,9 @@ class LossyPlanner:
         xs_t, ps_t = xs.astype(ft), ps.astype(ft)
 
         def ratio(step: float) -> float:
-            k = np.rint((ps_t - xs_t) / ft(step))
-            r = numerics.widen(numerics.narrow(ps_t + k.astype(ft) * ft(-step), dt), dt)
+            with np.errstate(over="ignore", invalid="ignore"):
+                k = np.rint((ps_t - xs_t) / ft(step))
+                r = numerics.widen(numerics.narrow(ps_t + k.astype(ft) * ft(-step), dt), dt)
             return float(np.linalg.norm(r.astype(np.float64) - xs)) / chg
 
         rms = float(np.sqrt(np.mean((xs - ps) ** 2))) or float(np.sqrt(np.mean(cs ** 2)))
@@ -290,11 +325,11 @@ class LossyPlanner:
 
     @staticmethod
     def _quantise(data: bytes, dt: DType, first: bytes, second: bytes | None, cb: int,
-                  step: float) -> tuple[bytes, list[int]]:
+                  step: float, prune: bool = False) -> tuple[bytes, list[int]]:
         parts, sizes = [], []
         for s in range(0, len(data), cb):
             bases = [first[s:s + cb]] + ([second[s:s + cb]] if second is not None else [])
-            payload, recon = quantise(data[s:s + cb], EncodeContext(dt, bases, [dt] * len(bases)), step)
+            payload, recon = quantise(data[s:s + cb], EncodeContext(dt, bases, [dt] * len(bases)), step, prune)
             parts.append(recon)
             sizes.append(len(payload))
         return b"".join(parts), sizes

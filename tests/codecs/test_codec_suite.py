@@ -144,6 +144,10 @@ class TestQDeltaAvg(_QuantisedDelta):
     codec_id = "qdelta-avg"
 
 
+class TestQDeltaPrune(_QuantisedDelta):
+    codec_id = "qdelta-prune"
+
+
 SUITES = {cls.codec_id for cls in [*CodecTests.__subclasses__(), *_QuantisedDelta.__subclasses__()]
           if cls.__module__ == __name__}
 

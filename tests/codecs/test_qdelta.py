@@ -38,7 +38,9 @@ def chunk_and_base(draw: st.DrawFn) -> tuple[str, np.ndarray, np.ndarray, float,
             k = rng.integers(0, n, size=max(1, n // 10))
             arr[k] = rng.choice(specials, size=len(k))
     step = draw(st.sampled_from([1e-7, 1e-5, 1e-3, 0.1, 10.0]))
-    return name, child, base, step, draw(st.sampled_from([1, 2]))
+    if n and draw(st.booleans()):  # a magnitude prune of the parent, then a small update
+        child[np.abs(base) < np.nanquantile(np.abs(base), 0.3)] = 0.0
+    return name, child, base, step, draw(st.sampled_from([1, 2, 3]))  # 3: one base, prune coding
 
 
 def _bytes(values: np.ndarray, name: str) -> bytes:
@@ -52,18 +54,21 @@ def test_reconstruction_is_what_decode_reads_bit_for_bit(case: tuple[str, np.nda
     dt = DTYPES[name]
     data = _bytes(child, name)
     bases = [_bytes(base, name)] + ([_bytes(base[::-1].copy(), name)] if nb == 2 else [])
-    ctx = EncodeContext(dt, bases, [dt] * nb)
-    codec = get_codec("qdelta" if nb == 1 else "qdelta-avg")
-    payload, recon = quantise(data, ctx, step)
+    ctx = EncodeContext(dt, bases, [dt] * len(bases))
+    codec = get_codec({1: "qdelta", 2: "qdelta-avg", 3: "qdelta-prune"}[nb])
+    payload, recon = quantise(data, ctx, step, prune=nb == 3)
     framed = memoryview(b"\x11" * 3 + payload + b"\x22")[3:3 + len(payload)]
     assert codec.decode(framed, len(data), ctx) == recon  # what the gate checked is what is read
-    exact = codec.encode(recon, EncodeContext(dt, bases, [dt] * nb, QuantHint(step)))
+    exact = codec.encode(recon, EncodeContext(dt, bases, [dt] * len(bases), QuantHint(step)))
     assert exact is not None and codec.decode(memoryview(exact), len(recon), ctx) == recon
     x, r = numerics.widen(data, dt).astype(np.float64), numerics.widen(recon, dt).astype(np.float64)
     xb, rb = numerics.bits(data, dt.itemsize), numerics.bits(recon, dt.itemsize)
     assert np.array_equal(xb[~np.isfinite(x)], rb[~np.isfinite(x)])  # NaN payloads, infinities kept
     fin = np.isfinite(x)
     assert np.isfinite(r[fin]).all()  # nothing finite turned into an overflow
+    if nb == 3:  # a prune's new zeros come back as exact zeros
+        zeroed = (x == 0) & (numerics.widen(bases[0], dt) != 0)
+        assert (r[zeroed] == 0).all()
     # half a step, plus the rounding of the arithmetic (at the scale of the values and the
     # prediction) and of the dtype
     scale = np.max([np.abs(numerics.widen(b, dt).astype(np.float64)) for b in [data, *bases]], axis=0)[fin]

@@ -222,3 +222,31 @@ def test_mount_writes_of_a_lossy_model_commit_lossily(tmp_path: Path, mlp: dict[
     finally:
         m.stop()
     assert cli("fsck", store=s).returncode == 0
+
+
+def test_a_lossy_parents_untouched_tensors_are_inherited_and_a_prune_keeps_its_zeros(
+        tmp_path: Path, mlp: dict[str, Path], make_safetensors: Any) -> None:
+    """A child that changed only some tensors of a lossy parent stores the rest as the parent's
+    reconstruction (the same chunks, nothing new); a magnitude prune keeps its exact zeros."""
+    repo = _repo_with_base(tmp_path, mlp)
+    try:
+        import_lossy(repo, mlp["ft"], "ft", ["mlp"])
+        parent = {t.name: t for t in repo.file_record(repo.resolve("ft").files["model.safetensors"]).tensors()}
+        t = load_file(str(mlp["ft"] / "model.safetensors"))
+        w = t["l1.weight"].copy()
+        w[np.abs(w) < np.quantile(np.abs(w), 0.3)] = 0.0
+        child = tmp_path / "pruned"
+        make_safetensors(child / "model.safetensors", {**t, "l1.weight": w})
+        res = import_lossy(repo, child, "pruned", ["ft"])
+        rec = res.version.provenance["lossy"]
+        assert res.decision.lossy and rec["tensors_inherited"] == 3 and rec["tensors_lossy"] == 1
+        mine = {t.name: t for t in repo.file_record(res.version.files["model.safetensors"]).tensors()}
+        for name in ("l1.bias", "l2.weight", "l2.bias"):
+            assert mine[name].chunks == parent[name].chunks
+        assert repo.chunk_record(mine["l1.weight"].chunks[0]).codec == "qdelta-prune"
+        repo.export("pruned", tmp_path / "out")
+        got = load_file(str(tmp_path / "out" / "model.safetensors"))["l1.weight"]
+        assert np.array_equal(got == 0, w == 0)  # the prune's zeros, exactly, and no others
+        assert rec["max_error_ratio"] < CHANGE_LIMIT
+    finally:
+        repo.close()
