@@ -67,7 +67,8 @@ def show_lossy(v: Version, worst: int = 5) -> list[str]:
     lines = [f"lossy    yes: error at worst {rec.get('max_error_ratio', 0):.4g} of a tensor's change "
              f"({rec.get('worst_tensor')}), {rec.get('error_ratio', 0):.4g} overall, limit "
              f"{rec.get('change_limit', 0.1):g}; {rec.get('tensors_lossy', 0)} tensors lossy, "
-             f"{rec.get('tensors_exact', 0)} exact, {rec.get('tensors_unchanged', 0)} unchanged",
+             f"{rec.get('tensors_exact', 0)} exact, {rec.get('tensors_unchanged', 0)} unchanged, "
+             f"{rec.get('tensors_inherited', 0)} inherited from a lossy parent",
              f"         steps {rec.get('step_min') or 0:.3g}..{rec.get('step_max') or 0:.3g}, codes "
              f"{human_bytes(rec.get('lossy_bytes', 0))} (lossless delta {human_bytes(rec.get('exact_delta_bytes', 0))}); "
              f"original bytes are not kept"]
