@@ -323,20 +323,39 @@ def write_markdown(res: dict[str, Any], doc: Path) -> None:
         f"{d['lossless']['codecs']}): {d['lossy']['MBps'] / d['lossless']['MBps']:.2f}x.", "",
         f"Time: the lossy import of the 11 derived versions took {lossy['seconds']:.0f} s in all, most of it the "
         "gate's test run twice per version (a fresh Python loading torch and transformers each time).", "",
-        "What it means: the base (75.8 MB of the lossless store) is stored exactly by design, so 12x (84 MB) "
-        "leaves ~8 MB for the 11 derived versions; each full fine-tune costs ~5.5 MB even at an error of "
-        "~9% of its change (about 2 bits per changed weight), so the bar of check 2 and the 12x target "
-        "cannot both be met on this lineage with four full fine-tunes. MGit's fixed step is smaller because "
-        "it rounds most of a low-learning-rate change to zero (see its err/chg column).", "",
+        what_it_means(res), "",
     ]
     doc.write_text("\n".join(lines) + "\n")
+
+
+def what_it_means(res: dict[str, Any]) -> str:
+    """The miss or the hit, in numbers from this run."""
+    full = res["full_copies"]
+    per = res["modelfs_lossy"]["per_version"]
+    base = next(p["stored"] for p in per.values() if not p["decision"] or "base" in str(p["decision"]))
+    budget = full / 12 - base
+    fts = [p["stored"] for p in per.values() if p["how"] in ("finetune", "seed") and p["lossy"]]
+    ratio = full / res["modelfs_lossy"]["stored"]
+    return (f"What it means: the base ({base / MB:.1f} MB) is stored exactly by design, so 12x "
+            f"({full / 12 / MB:.1f} MB for the lineage) leaves {budget / MB:.1f} MB for the 11 derived "
+            f"versions. Each of the {len(fts)} full fine-tunes costs {min(fts) / MB:.1f}-{max(fts) / MB:.1f} MB "
+            "even at an error of ~9.5% of its change (about 2 bits per changed weight; at that error a "
+            "Gaussian change needs 3.4 bits by rate-distortion, these changes are sparser), so with check 2's "
+            f"bar the lineage reaches {ratio:.2f}x, not 12x: the target is missed. MGit's fixed step costs "
+            "less per fine-tune because it rounds nearly the whole low-learning-rate change away (its "
+            "err/chg column: ~1.0, the fine-tune erased), which check 2 refuses; where its own 2% gate "
+            "refused a delta it stores the whole model.")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks-lossy.md")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the doc from <out>/lossy.json")
     args = parser.parse_args(argv)
+    if args.report_only:
+        write_markdown(json.loads((args.out / "lossy.json").read_text()), args.doc)
+        return 0
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     out: Path = args.out.resolve()
