@@ -59,6 +59,12 @@ def test_the_verbs_through_the_cli(store: Path, cli: Callable[..., Any]) -> None
     assert "tagged m@2 as m:best" in ok("tag", "m@2", "best")
     assert "m:best" in ok("tag", "-l") and ok("show", "m:best").startswith("version  m@2")
     one_line(cli("tag", "m@3", "best", store=store), "already names m@2", "-f")
+    assert "tagged m@3 as m:old (moved from" not in ok("tag", "m@3", "old")
+    assert "deleted tag m:old (was m@3)" in ok("tag", "-d", "m:old")
+    one_line(cli("tag", "-d", "m:old", store=store), "no tag 'old'")
+    one_line(cli("tag", "-d", "m@3", store=store), "MODEL:TAG")
+    one_line(cli("tag", "m@3", "7", store=store), "bad tag name")
+    one_line(cli("show", "m:nope", store=store), "no tag 'nope'")
     assert "checked out m@2 as m@4" in ok("checkout", "m:best")
     log = ok("log", "m", "-n", "2")
     assert log.splitlines()[0].startswith("m@4") and len(log.splitlines()) == 2 and "checkout" in log
