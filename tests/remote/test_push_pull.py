@@ -163,3 +163,24 @@ def test_pull_refuses_a_diverged_history_and_skips_a_store_ahead(spot: RemoteSpo
     assert len(b.versions("m")) == 2  # b's own version is still there
     b.close()
     a.close()
+
+
+@pytest.mark.parametrize("spot", ["file"], indirect=True)
+def test_a_pruned_lineage_travels_with_its_numbers_and_a_prune_after_push_is_refused(
+        spot: RemoteSpot, tmp_path: Path, make_lineage) -> None:  # type: ignore[no-untyped-def]
+    from modelfs.errors import Conflict
+
+    base, kids = make_lineage(n_tensors=2, elems=1 << 14, children=3)
+    a = Repo.init(tmp_path / "a")
+    for d in [base, *kids]:
+        a.import_dir(d, "m")
+    a.history().prune("m", keep_last=2)  # m@3 and m@4 stay: numbers now skip
+    push(a, spot.attach(a))
+    clone(spot.url, tmp_path / "b", options=spot.options)
+    with Repo.open(tmp_path / "b") as b:
+        assert [v.number for v in b.versions("m")] == [3, 4]
+        assert exported(b, "m@4", tmp_path / "x") == dir_blake3(kids[-1])
+    a.history().prune("m", keep_last=1)
+    with pytest.raises(Conflict, match="remote has newer versions of m; pull first"):
+        push(a, spot.attach(a))
+    a.close()
