@@ -17,10 +17,11 @@ def test_set_show_unset_roundtrip(tmp_path: Path, cli: Callable[..., object]) ->
     assert r.returncode == 0 and "run: settle = 0.2" in r.stdout
     assert cli("config", "run", "lossy", "on", store=store).stdout.strip() == "run: lossy = on"
     shown = json.loads(cli("config", "run", "--json", store=store).stdout)
-    assert shown == {"lossy": True, "settle": 0.2}
+    assert shown == {"lossy": True, "lossy-gate": "", "lossy-tolerance": 0.005, "settle": 0.2}
     assert cli("config", "run", "settle", store=store).stdout.strip() == "0.2"
     assert cli("config", "run", "settle", "--unset", store=store).returncode == 0
-    assert json.loads(cli("config", "run", "--json", store=store).stdout) == {"lossy": True, "settle": None}
+    assert json.loads(cli("config", "run", "--json", store=store).stdout) == {
+        "lossy": True, "lossy-gate": "", "lossy-tolerance": 0.005, "settle": None}
     with Repo.open(store) as repo:
         assert repo.model_settings().get("run", "lossy") is True
         assert repo.model_settings().configured() == {"run": {"lossy": True}}
@@ -33,6 +34,9 @@ def test_bad_values_are_one_line_and_change_nothing(tmp_path: Path, cli: Callabl
     for args, says in [(("m", "settle", "soon"), "not a number of seconds"),
                        (("m", "settle", "7200"), "out of range"),
                        (("m", "lossy", "maybe"), "not on or off"),
+                       (("m", "lossy-tolerance", "2"), "out of range"),
+                       (("m", "lossy-tolerance", "tight"), "not a number"),
+                       (("m", "lossy-gate", "a b"), "not a test name"),
                        (("m", "colour", "red"), "no setting 'colour'"),
                        (("a/b", "lossy", "on"), "contains '/'")]:
         r = cli("config", *args, store=store)
@@ -44,7 +48,7 @@ def test_bad_values_are_one_line_and_change_nothing(tmp_path: Path, cli: Callabl
 def test_every_setting_parses_its_own_shown_value(repo: Repo) -> None:
     settings: ModelSettings = repo.model_settings()
     for name, s in SETTINGS.all().items():
-        sample = {"settle": "0.25", "lossy": "off"}[name]
+        sample = {"settle": "0.25", "lossy": "off", "lossy-gate": "heldout,sim", "lossy-tolerance": "0.01"}[name]
         value = settings.set("m", name, sample)
         assert s.parse(s.show(value)) == value
     try:
