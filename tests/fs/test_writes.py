@@ -432,3 +432,29 @@ def test_settler_never_commits_a_held_model() -> None:
     assert s.due() == [] and s.next_check() is None
     s.of("m").held.clear()
     assert s.due() == ["m"]
+
+
+def test_a_models_own_settle_time_is_read_when_its_burst_starts() -> None:
+    now = [0.0]
+    asked: list[str] = []
+    table = {"slow": 5.0}
+
+    def settle_of(model: str) -> float | None:
+        asked.append(model)
+        return table.get(model)
+
+    s = Settler(1.0, clock=lambda: now[0], settle_of=settle_of)
+    s.touch("slow", dirty=True)
+    s.touch("fast", dirty=True)
+    s.touch("slow", dirty=True)  # the same burst: not asked again
+    assert asked == ["slow", "fast"]
+    now[0] += 1.0
+    assert s.due() == ["fast"]  # the mount's 1 s
+    now[0] += 4.0
+    assert s.due() == ["fast", "slow"]  # its own 5 s
+    assert s.patience(s.of("slow")) == 50.0
+    table["slow"] = 0.1  # changed meanwhile: taken at the next burst
+    s.committed("slow")
+    s.touch("slow", dirty=True)
+    now[0] += 0.1
+    assert "slow" in s.due() and asked == ["slow", "fast", "slow"]
