@@ -61,6 +61,10 @@ def _split(repo: Repo, args: tuple[str, ...]) -> tuple[str, list[str]]:
     raise InvalidName(f"which remote? this store has {', '.join(sorted(names))}: name one first")
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _say(out: dict[str, Any], as_json: bool, line: str) -> None:
     if as_json:
         click.echo(json.dumps(out, sort_keys=True))
@@ -141,7 +145,8 @@ def push(ctx: click.Context, args: tuple[str, ...], timeout: float, retries: int
         targets = parse_targets(repo, given)
         with _bar(f"push {name}", not as_json) as (advance, total):
             out = Pusher(repo, r, progress=advance, on_total=total).run(targets)
-    _say(out, as_json, f"pushed {out['versions']} versions, {out['chunks']} chunks in {out['packs']} packs "
+    _say(out, as_json, f"pushed {_n(out['versions'], 'version')}, {_n(out['chunks'], 'chunk')} in "
+         f"{_n(out['packs'], 'pack')} "
          f"to {name}; refs moved: {', '.join(out['refs_moved']) or 'none'}")
 
 
@@ -157,7 +162,7 @@ def pull_(ctx: click.Context, args: tuple[str, ...], timeout: float, retries: in
         r = Remote.of(repo, name, _options(None, timeout, retries))
         with _bar(f"pull {name}", not as_json) as (advance, _):
             out = pull(repo, r, models, progress=advance)
-    _say(out, as_json, f"pulled {out['versions']} versions and {out['chunks']} chunks from {name}")
+    _say(out, as_json, f"pulled {_n(out['versions'], 'version')} and {_n(out['chunks'], 'chunk')} from {name}")
 
 
 @click.command("clone")
@@ -172,8 +177,8 @@ def clone_(url: str, store: str, lazy: bool, endpoint: str | None, timeout: floa
     """A new store at STORE from the remote at URL (its remote `origin`)."""
     with _bar("clone", not as_json) as (advance, _):
         out = clone(url, store, lazy=lazy, options=_options(endpoint, timeout, retries), progress=advance)
-    _say(out, as_json, f"cloned {out['versions']} versions of {len(out['models'])} models into {store}"
-         + (" (lazy: chunks come on first read)" if lazy else f", {out['chunks']} chunks"))
+    _say(out, as_json, f"cloned {_n(out['versions'], 'version')} of {_n(len(out['models']), 'model')} into {store}"
+         + (" (lazy: chunks come on first read)" if lazy else f", {_n(out['chunks'], 'chunk')}"))
 
 
 @click.command("fetch")
@@ -185,7 +190,7 @@ def fetch_(ctx: click.Context, ref: str, timeout: float, retries: int, as_json: 
     """Bring every chunk of version REF into this lazy store (for offline use)."""
     with open_repo(ctx) as repo, _bar(f"fetch {ref}", not as_json) as (advance, _):
         out = fetch(repo, ref, _options(None, timeout, retries), progress=advance)
-    _say(out, as_json, f"fetched {out['chunks']} chunks of {out['version']}")
+    _say(out, as_json, f"fetched {_n(out['chunks'], 'chunk')} of {out['version']}")
 
 
 def gc_remote_run(ctx: click.Context, name: str, grace: float | None, dry_run: bool, as_json: bool) -> None:
@@ -194,8 +199,8 @@ def gc_remote_run(ctx: click.Context, name: str, grace: float | None, dry_run: b
         r = Remote.of(repo, name)
     out = gc_remote(r, GRACE if grace is None else grace, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
-    _say(out, as_json, f"{verb} {out['deleted']} objects ({human_bytes(out['bytes_freed'])}) from {name}; "
-         f"kept {out['packs_kept']} packs, {out['too_young']} younger than the grace period")
+    _say(out, as_json, f"{verb} {_n(out['deleted'], 'object')} ({human_bytes(out['bytes_freed'])}) from {name}; "
+         f"kept {_n(out['packs_kept'], 'pack')}, {out['too_young']} younger than the grace period")
 
 
 COMMANDS: list[click.Command] = [remote, push, pull_, clone_, fetch_]
