@@ -207,3 +207,23 @@ def test_lazy_clone_moves_little_and_fsck_says_not_fetched(lazy: Lazy) -> None:
         assert report.not_fetched_chunks > 0
     assert moved, moved
     assert stored > 0
+
+
+def test_the_cli_reads_a_lazy_store(lazy: Lazy, cli: Any, tmp_path: Path) -> None:
+    """export, diff, fsck and status on a lazy store, as a user runs them."""
+    store = _fresh_clone(lazy, "cli")
+    env = lazy.server.env()
+    r = cli("fsck", store=store, env=env)
+    assert r.returncode == 0 and "not fetched yet (lazy)" in r.stdout, r
+    r = cli("status", store=store, env=env)
+    assert r.returncode == 0 and "lazy store: chunks not here come from remote origin" in r.stdout, r
+    r = cli("export", "minilm", str(tmp_path / "out"), store=store, env=env)
+    assert r.returncode == 0, r
+    for p in lazy.src.rglob("*"):
+        if p.is_file():
+            got = tmp_path / "out" / p.relative_to(lazy.src)
+            assert blake3.blake3(got.read_bytes()).digest() == blake3.blake3(p.read_bytes()).digest(), p
+    r = cli("diff", "minilm@1", "minilm@1", store=store, env=env)
+    assert r.returncode == 0, r
+    r = cli("fsck", store=store, env=env)  # everything fetched and kept by the export
+    assert r.returncode == 0 and "not fetched" not in r.stdout, r
