@@ -184,3 +184,26 @@ def test_a_pruned_lineage_travels_with_its_numbers_and_a_prune_after_push_is_ref
     with pytest.raises(Conflict, match="remote has newer versions of m; pull first"):
         push(a, spot.attach(a))
     a.close()
+
+
+def test_remote_config_refuses_duplicates_unknowns_and_bad_urls(tmp_path: Path) -> None:
+    from modelfs.errors import Conflict, NotFound
+    from modelfs.remote import Remote, RemoteRefused
+    from modelfs.repo import Transfer
+
+    with Repo.init(tmp_path / "a") as a:
+        t = Transfer(a)
+        t.set_remote("origin", {"url": "file:///x", "endpoint": None})
+        with pytest.raises(Conflict, match="remote 'origin' exists"):
+            t.set_remote("origin", {"url": "file:///y", "endpoint": None})
+        assert t.remotes() == {"origin": {"url": "file:///x", "endpoint": None}}
+        with pytest.raises(NotFound, match="no remote 'other'"):
+            t.remove_remote("other")
+        with pytest.raises(NotFound, match="no remote 'other' in this store"):
+            Remote.of(a, "other")
+        for url, msg in [("bucket/prefix", "has no scheme"), ("s3:///p", "names no bucket"),
+                         ("file://host/p", "names a local path"), ("gs://b/p", "unknown remote URL scheme")]:
+            with pytest.raises(RemoteRefused, match=msg):
+                Remote("x", url)
+        t.remove_remote("origin")
+        assert t.remotes() == {}
