@@ -14,7 +14,8 @@ from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 SECTIONS = ("benchmarks-summary.md", "benchmarks-storage.md", "benchmarks-mount.md", "benchmarks-ops.md",
-            "benchmarks-lineage-ops.md", "benchmarks-lossy.md", "benchmarks-everyday.md", "benchmarks-remote.md")
+            "benchmarks-lineage-ops.md", "benchmarks-lossy.md", "benchmarks-everyday.md", "benchmarks-remote.md",
+            "benchmarks-checkpoints.md")
 
 
 def main() -> int:
