@@ -99,10 +99,14 @@ class RemoteChunkSource:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+# a reader waits on these: a stalled server gives EIO in about 3 x 10 s, not the verbs' 4 x 30 s
+READ_OPTIONS = Options(connect_timeout=3.0, read_timeout=10.0, attempts=3)
+
+
 def open_chunk_source(repo: Repo, remote_name: str, options: Options | None = None) -> ChunkSource:
     """The chunk source of remote `remote_name` for `repo`, from the indexes the store keeps
     (a lazy clone or pull kept them; none kept: read them from the remote now)."""
-    remote = Remote.of(repo, remote_name, options)
+    remote = Remote.of(repo, remote_name, options or READ_OPTIONS)
     indexes = Transfer(repo).cached_indexes(remote_name)
     if not indexes:
         remote.holdings(repo)
