@@ -37,7 +37,7 @@ from modelfs.names import check_file_path, check_model_name
 from modelfs.repo import checkpoints
 from modelfs.repo.adapters import ADAPTER_CONFIG, adapter_base
 from modelfs.repo.chunks import ChunkCache
-from modelfs.repo.importer import ChunkHints, Importer, StoreSettings
+from modelfs.repo.importer import ChunkHints, Importer, Progress, StoreSettings
 from modelfs.repo.parents import Parents
 from modelfs.repo.recording import Recorder
 from modelfs.repo.writelock import WriterLock
@@ -213,7 +213,7 @@ class Drafts:
         return [], draft
 
     def stage_file(self, model: str, path: str, src: Path, expect_staged: Path | None = None,
-                   hints: ChunkHints | None = None) -> FileEntry:
+                   hints: ChunkHints | None = None, progress: Progress | None = None) -> FileEntry:
         """Store a closed file as a pending change of `model` (durable when this returns).
 
         With `expect_staged`, the change is recorded only if the path still points at that
@@ -223,13 +223,13 @@ class Drafts:
         check_model_name(model)
         check_file_path(path)
         with self._lock.hold():
-            entry = self._stage_file(model, path, src, expect_staged, hints)
+            entry = self._stage_file(model, path, src, expect_staged, hints, progress)
         if expect_staged is not None:
             expect_staged.unlink(missing_ok=True)
         return entry
 
     def _stage_file(self, model: str, path: str, src: Path, expect_staged: Path | None,
-                    hints: ChunkHints | None = None) -> FileEntry:
+                    hints: ChunkHints | None = None, progress: Progress | None = None) -> FileEntry:
         bases, draft = self._bases(model, path, src)
         inference = None
         if not bases:
@@ -238,7 +238,7 @@ class Drafts:
         importer = Importer(self._store, self._cache, self._settings, hints=hints)
         try:
             with ThreadPoolExecutor(max_workers=importer.workers) as pool:
-                entry, rec = importer.store_file(path, src, self._parents.tensors(bases), pool)
+                entry, rec = importer.store_file(path, src, self._parents.tensors(bases), pool, progress)
         finally:
             importer.close()
         for w in importer.warnings:
@@ -325,7 +325,14 @@ class Drafts:
         with self._store.write() as txn:
             txn.put("pending", _file_key(model, path), _staged_marker(staging))
 
-    def recover(self, model: str | None = None, own: Path | None = None) -> list[str]:
+    def to_recover(self, model: str, own: Path | None = None) -> int:
+        """Bytes ``recover`` (so a commit) would store: the size a progress bar counts to."""
+        draft = self.get(model)
+        return sum(f.stat().st_size for f in (draft.staged.values() if draft else ())
+                   if (f.parent == own or not staging_owner_alive(f)) and f.exists())
+
+    def recover(self, model: str | None = None, own: Path | None = None,
+                progress: Progress | None = None) -> list[str]:
         """Store the staged pointers dead mounts left pending; returns what it stored.
 
         Pointers into a running mount's staging directory are that mount's to store, except
@@ -338,7 +345,7 @@ class Drafts:
                 if staging.parent != own and staging_owner_alive(staging):
                     continue
                 try:
-                    self.stage_file(name, path, staging, expect_staged=staging)
+                    self.stage_file(name, path, staging, expect_staged=staging, progress=progress)
                 except FileNotFoundError:
                     if staging.exists():
                         raise
@@ -403,18 +410,20 @@ class Drafts:
     # -- committing ------------------------------------------------------------------------
     def commit(self, model: str, message: str = "", how: str | None = None,
                provenance: Mapping[str, Any] | None = None, force: bool = False,
-               own: Path | None = None, exclude: Collection[str] = ()) -> Version | None:
+               own: Path | None = None, exclude: Collection[str] = (),
+               progress: Progress | None = None) -> Version | None:
         """Turn the model's draft into a version (None when it changes nothing), atomically.
 
         The newest of the versions ``commit_versions`` makes (one, unless trainer
         checkpoints were written: then one per checkpoint first).
         """
-        made = self.commit_versions(model, message, how, provenance, force, own, exclude)
+        made = self.commit_versions(model, message, how, provenance, force, own, exclude, progress)
         return made[-1] if made else None
 
     def commit_versions(self, model: str, message: str = "", how: str | None = None,
                         provenance: Mapping[str, Any] | None = None, force: bool = False,
-                        own: Path | None = None, exclude: Collection[str] = ()) -> list[Version]:
+                        own: Path | None = None, exclude: Collection[str] = (),
+                        progress: Progress | None = None) -> list[Version]:
         """Turn the model's draft into versions in one transaction; the versions made, in order.
 
         Each new (or changed) trainer checkpoint in the directory (``repo/checkpoints.py``)
@@ -424,7 +433,7 @@ class Drafts:
         A held draft (a save into it failed) commits only with ``force``, which also commits
         around files still being stored: those stay pending for the next version.
         """
-        self.recover(model, own=own)
+        self.recover(model, own=own, progress=progress)  # the long part: a bar counts its bytes
         extra = self._lossy(model) if self._lossy is not None else None
         if extra:  # lossy mode replaced the draft's files by their reconstructions
             provenance = dict(provenance or {}) | dict(extra)
