@@ -352,7 +352,8 @@ class Repo:
 
     def attach_chunk_source(self, source: ChunkSource | None) -> None:
         """Read missing chunk records through `source` from now on (a lazy store's remote);
-        each is checked against its blake3 before use and then kept in this store."""
+        each is checked against its blake3 before use and then kept in this store. The repo
+        closes the source (if it has a `close`) when it is replaced or the repo closes."""
         self.cache.attach(None if source is None else LazyFetcher(self.store, source, self._lock))
 
     def attach_lazy_remote(self, opener: Callable[[Repo, str], ChunkSource]) -> str | None:
