@@ -97,6 +97,9 @@ class LazyFetcher:
         another thread meanwhile); NotFound when the source lacks it too."""
         self.ensure([key])
         got = self.raw(key)
+        if got is None and not self._local(key):  # another thread's fetch of it failed while
+            self.ensure([key])  # this one waited: ask again, for this reader's own answer
+            got = self.raw(key)
         if got is None:
             if self._local(key):
                 return None

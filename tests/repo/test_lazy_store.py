@@ -209,3 +209,37 @@ def test_fsck_and_gc_on_a_lazy_store(full: Path, tmp_path: Path) -> None:
         again.set_lazy_remote(None)
         report = again.maintenance().fsck()
         assert not report.ok and any("is missing" in e for e in report.errors)
+
+
+def test_readers_waiting_on_a_failed_fetch_get_the_remote_error(full: Path, tmp_path: Path) -> None:
+    """Four readers of one chunk while the remote cannot be reached: each gets RemoteUnavailable
+    (a reader that waited for another's failed fetch asks again), none a 'missing' error."""
+    import time
+
+    from modelfs.errors import RemoteUnavailable
+    from modelfs.repo.chunksource import DeferredSource
+
+    def unreachable() -> StoreChunkSource:
+        time.sleep(0.3)  # the time a connection attempt takes, so the readers overlap
+        return StoreChunkSource(tmp_path / "gone", name="origin")
+
+    repo, _ = _lazy(full, tmp_path / "lazy")
+    with repo:
+        repo.attach_chunk_source(DeferredSource("origin", unreachable))
+        reader = repo.open_file(repo.resolve("m@1").files["model.safetensors"])
+        t = next(iter(reader.record.tensors()))
+        errors: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                reader.read(t.offset, 4096)
+            except BaseException as e:  # noqa: BLE001  checked below
+                errors.append(e)
+
+        threads = [threading.Thread(target=read) for _ in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert len(errors) == 4 and all(isinstance(e, RemoteUnavailable) for e in errors), errors
+        assert all("origin" in str(e) for e in errors)
