@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from modelfs.cli.app import open_repo
+from modelfs.cli.app import open_repo, progress
 from modelfs.cli.lazy_status import fetch_lines, fetch_status
 from modelfs.errors import Conflict, ModelfsError, NotFound
 from modelfs.repo import Repo, Version
@@ -141,8 +141,12 @@ def commit(ctx: click.Context, model: str | None, message: str, force: bool, wai
             return
         if drafts.get(model) is None:
             repo.model(model)  # raises NotFound for an unknown model
-        v = _commit_waiting(repo, model, message, timeout) if wait and not force else \
-            drafts.commit(model, message=message, force=force)
+        if wait and not force:
+            v = _commit_waiting(repo, model, message, timeout)
+        else:  # a bar while it stores what a killed mount left staged (none when that is nothing)
+            total = drafts.to_recover(model)
+            with progress(total, f"commit {model}", enabled=total > 0) as tick:
+                v = drafts.commit(model, message=message, force=force, progress=tick)
         head = repo.resolve(model) if wait and v is None and repo.model(model).head else None
     if as_json:
         click.echo(json.dumps({"committed": v.ref if v else None, "id": v.id if v else None,

@@ -289,10 +289,9 @@ class Repo:
                    workdir: Path) -> LossyPlan:
         """The reconstruction of `files` against `bases` at error ratio `aim`, written under
         `workdir`; nothing is stored (commit `plan.files` with ``hints=plan.chunk_hints``)."""
-        lossy = bases[0].provenance.get("lossy") if bases else None
-        originals = lossy.get("originals") if isinstance(lossy, dict) else None
+        lossy = bases[0].provenance.get("lossy") if bases else None  # the first parent's figures
         return LossyPlanner(self.cache, self.settings).plan(files, self._parents.tensors(bases), aim, workdir,
-                                                            originals)
+                                                            lossy if isinstance(lossy, dict) else None)
 
     def advance_head(self, version_id: str) -> Version:
         """Move the head to a version committed with ``move_head=False`` (a gated cascade's
