@@ -9,6 +9,7 @@ from __future__ import annotations
 from modelfs.cli.app import cli, pipe_closed
 from modelfs.cli.config_cmds import COMMANDS as CONFIG_COMMANDS
 from modelfs.cli.draft_cmds import COMMANDS as DRAFT_COMMANDS
+from modelfs.cli.everyday_cmds import COMMANDS as EVERYDAY_COMMANDS
 from modelfs.cli.history_cmds import COMMANDS as HISTORY_COMMANDS
 from modelfs.cli.mount_cmds import mount_command, umount_command
 from modelfs.cli.ops_cmds import COMMANDS as OPS_COMMANDS
@@ -19,7 +20,7 @@ from modelfs.cli.test_cmds import COMMANDS as TEST_COMMANDS
 
 for _command in [*STORE_COMMANDS, *HISTORY_COMMANDS, *DRAFT_COMMANDS, mount_command, umount_command,
                  *OPS_COMMANDS, *TEST_COMMANDS, *RECIPE_COMMANDS, *CONFIG_COMMANDS,
-                 *REMOTE_COMMANDS]:
+                 *REMOTE_COMMANDS, *EVERYDAY_COMMANDS]:
     cli.add_command(_command)
 
 
