@@ -141,6 +141,7 @@ class LossyPlan:
             "kept_exact": self.exact_note(),
             "per_tensor": {t.key: [_r(t.ratio), _r(t.step or 0.0)] for t in lossy},
             "originals": {t.key: t.original for t in self.tensors if t.original},
+            "errors": {t.key: t.error for t in self.tensors if t.stored in ("lossy", "inherited") and t.error},
         }
 
 
@@ -168,16 +169,18 @@ class LossyPlanner:
         self._settings = settings
         self._workers = workers or max(2, os.cpu_count() or 2)
         self._originals: dict[str, str] = {}
+        self._errors: dict[str, float] = {}
 
     def plan(self, files: Mapping[str, Path], parents: list[ParentTensors], aim: float,
-             workdir: Path, originals: Mapping[str, str] | None = None) -> LossyPlan:
+             workdir: Path, parent: Mapping[str, Any] | None = None) -> LossyPlan:
         """The reconstruction of `files` (written under `workdir`) at error ratio `aim`.
 
-        `originals`: the first parent's ``originals`` figures (tensor -> blake3 of its original
-        bytes), when the parent is lossy.
+        `parent`: the first parent's lossy figures when it is lossy: its ``originals`` (tensor ->
+        blake3 of the original bytes) and ``errors`` (tensor -> L2 of its reconstruction error).
         """
         plan = LossyPlan(aim)
-        self._originals = dict(originals or {})
+        self._originals = dict((parent or {}).get("originals") or {})
+        self._errors = {k: float(v) for k, v in ((parent or {}).get("errors") or {}).items()}
         for path, src in sorted(files.items()):
             with mapped(src) as mv:
                 layout, _ = parse_file(path, mv)
@@ -241,6 +244,7 @@ class LossyPlanner:
             # parent's gate accepted it, and costs nothing (the same chunks)
             buf[part.offset:part.offset + part.nbytes] = first
             fig.stored = "inherited"
+            fig.error = self._errors.get(fig.key, 0.0)  # the parent's, as its gate accepted it
             return fig
         second = b"".join(self._cache.get(k) for k in base.second.chunks) if base.second else None
         x, p1 = _values(data, dt), _values(first, dt)
@@ -250,9 +254,15 @@ class LossyPlanner:
         if prune:  # a magnitude prune: its new zeros stay exact, the rest is predicted from the parent
             pred = np.where(zeroed, 0.0, p1)
         fin = np.isfinite(x) & np.isfinite(p1) & np.isfinite(pred)
-        fig.change = float(np.linalg.norm((x - p1)[fin]))
-        if fig.change == 0.0:
+        raw = float(np.linalg.norm((x - p1)[fin]))
+        if raw == 0.0:
             fig.why = "tensors changed only in non-finite values or signs of zero"
+            return fig
+        # the change from the parent's *original*, conservatively: the parent's reconstruction
+        # is off by its own recorded error, so the true change is at least raw - that error
+        fig.change = raw - self._errors.get(fig.key, 0.0)
+        if fig.change <= 0.0:
+            fig.why = "tensors that moved less than their lossy parent's own error"
             return fig
         resid = np.abs(x - pred)[fin]
         if float(np.linalg.norm(resid)) < MARGIN * aim * fig.change:
@@ -260,7 +270,7 @@ class LossyPlanner:
             # reconstructions): a step no residual reaches, so every code is zero
             step: float | None = 4 * float(resid.max()) or None
         else:
-            step = self._search(x, p1, pred, fin, dt, aim)
+            step = self._search(x, p1, pred, fin, dt, aim * fig.change / raw)
         if step is None:
             fig.why = "tensors too small to quantise"
             return fig
