@@ -151,9 +151,19 @@ class Drafts:
             return self._read(txn, model)
 
     def models(self) -> list[str]:
-        """Models with a draft (pending changes or a derive not yet committed)."""
+        """Models with a draft (pending changes or a derive not yet committed).
+
+        Not a model whose draft holds nothing but trainer checkpoints that are versions
+        already (``kept``): nothing of it is pending.
+        """
         with self._store.read() as txn:
-            return self._models(txn)
+            out = []
+            for m in self._models(txn):
+                d = self._read(txn, m)
+                if d is not None and (d.changes or d.staged or d.held or d.derived_from
+                                      or not d.kept):
+                    out.append(m)
+            return out
 
     @staticmethod
     def _models(txn: ReadTxn) -> list[str]:
@@ -164,7 +174,8 @@ class Drafts:
         out = []
         for m in self._models(txn):
             draft = self._read(txn, m)
-            out.append((f"draft {m}", {p: e for p, e in (draft.changes if draft else {}).items() if e}))
+            kept = dict(draft.kept) if draft else {}  # shown in a head even if its version goes
+            out.append((f"draft {m}", kept | {p: e for p, e in (draft.changes if draft else {}).items() if e}))
         return out
 
     def view(self, model: str) -> dict[str, FileEntry]:

@@ -41,6 +41,10 @@ def test_checkpoints_become_versions_in_step_order(repo: Repo, tmp_path: Path) -
     assert sorted(d.view("run")) == ["checkpoint-10/w.bin", "checkpoint-2/config.json",
                                      "checkpoint-2/w.bin", "w.bin"]
     assert d.commit_versions("run") == []
+    assert "run" not in d.models()  # nothing pending: no draft to list (status, umount)
+    with repo.read_txn() as txn:  # what gc keeps and fsck checks: the kept files too
+        kept = dict(next(files for label, files in d.manifests(txn) if label == "draft run"))
+    assert sorted(kept) == ["checkpoint-10/w.bin", "checkpoint-2/config.json", "checkpoint-2/w.bin"]
     # save_total_limit removes the old one: no version goes, none is made
     d.stage_remove("run", "checkpoint-2/w.bin")
     d.stage_remove("run", "checkpoint-2/config.json")
