@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import pyfuse3
@@ -156,6 +157,7 @@ def serve(store: Path, mountpoint: Path, config: MountConfig | None = None) -> N
     try:
         lazy = repo.attach_lazy_remote(_chunk_source)  # a lazy store: chunks on first read
         if lazy is not None:
+            threading.Thread(target=repo.warm_chunk_source, name="modelfs-warm", daemon=True).start()
             config = config.for_lazy_store()
             log.info("lazy store: chunks not here are fetched from remote %s (read-ahead %d "
                      "MiB)", lazy, config.window >> 20)

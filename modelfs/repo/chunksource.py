@@ -75,7 +75,8 @@ class DeferredSource:
     def opened(self) -> ChunkSource | None:
         return self._source
 
-    def fetch(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+    def open(self) -> ChunkSource:
+        """The source, opened now if it is not yet (the mount warms it up at start)."""
         with self._mu:
             if self._source is None:
                 try:
@@ -84,8 +85,10 @@ class DeferredSource:
                     raise
                 except ModelfsError as e:  # unknown remote, bad config: the next read tries again
                     raise RemoteUnavailable(f"remote {self.name} cannot be opened: {e}") from None
-            src = self._source
-        return src.fetch(keys)
+            return self._source
+
+    def fetch(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        return self.open().fetch(keys)
 
     def bases(self, key: bytes) -> tuple[bytes, ...]:
         """The opened source's `bases`, where it has one (see `chain_of`)."""

@@ -364,6 +364,16 @@ class Repo:
             self.attach_chunk_source(DeferredSource(name, lambda: opener(self, name)))
         return name
 
+    def warm_chunk_source(self) -> None:
+        """Open a lazy store's remote now rather than on the first read (its client takes
+        about half a second to make); a remote that cannot be opened is reported by the read."""
+        lz = self.cache.lazy
+        if lz is not None and isinstance(lz.source, DeferredSource):
+            try:
+                lz.source.open()
+            except ModelfsError as e:
+                log.info("remote %s not opened yet: %s", lz.source.name, e)
+
     def fetch_stats(self) -> dict[str, int] | None:
         """What the chunk source moved so far (None on a store without one)."""
         lz = self.cache.lazy
