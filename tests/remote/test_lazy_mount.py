@@ -217,6 +217,8 @@ def test_the_cli_reads_a_lazy_store(lazy: Lazy, cli: Any, tmp_path: Path) -> Non
     assert r.returncode == 0 and "not fetched yet (lazy)" in r.stdout, r
     r = cli("status", store=store, env=env)
     assert r.returncode == 0 and "lazy store: chunks not here come from remote origin" in r.stdout, r
+    r = cli("gc", "--json", store=store, env=env)  # chunks not fetched yet are not dangling
+    assert r.returncode == 0 and json.loads(r.stdout)["chunks_removed"] == 0, r
     r = cli("export", "minilm", str(tmp_path / "out"), store=store, env=env)
     assert r.returncode == 0, r
     for p in lazy.src.rglob("*"):
