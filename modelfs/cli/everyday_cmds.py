@@ -71,6 +71,11 @@ def checkout(ctx: click.Context, ref: str, message: str) -> None:
     click.echo(f"checked out {v.ref} as {new.ref} ({new.id}); the previous head {old.ref} stays")
 
 
+revert = click.Command("revert", callback=checkout.callback, params=list(checkout.params),
+                       help="The same as `checkout REF`: REF's files as a new head version.",
+                       short_help="The same as checkout REF: its files as a new head version.")
+
+
 def _say_removal(what: str, r: Any, dry_run: bool) -> None:
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{what}: {verb} {len(r.removed)} versions" + (f" ({', '.join(r.removed)})" if r.removed else ""))
@@ -202,4 +207,4 @@ def find(ctx: click.Context, how: str | None, where: tuple[str, ...], grep: str 
             click.echo(_line(repo, v))
 
 
-COMMANDS: list[click.Command] = [tag, checkout, rm, mv, prune, annotate, reparent, find]
+COMMANDS: list[click.Command] = [tag, checkout, revert, rm, mv, prune, annotate, reparent, find]

@@ -72,10 +72,11 @@ def test_the_verbs_through_the_cli(store: Path, cli: Callable[..., Any]) -> None
     one_line(cli("tag", "m@3", "7", store=store), "bad tag name")
     one_line(cli("show", "m:nope", store=store), "no tag 'nope'")
     assert "checked out m@2 as m@4" in ok("checkout", "m:best")
+    assert "checked out m@3 as m@5" in ok("revert", "m@3")  # revert: the same verb, git's other name
     log = ok("log", "m", "-n", "2")
-    assert log.splitlines()[0].startswith("m@4") and len(log.splitlines()) == 2 and "checkout" in log
+    assert log.splitlines()[0].startswith("m@5") and len(log.splitlines()) == 2 and "checkout" in log
     assert [ln.split()[0] for ln in ok("log", "m", "--grep", "EPOCH 2").splitlines()] == ["m@2"]
-    assert ok("log", "m", "--since", "2000-01-01").count("\n") == 4 and ok("log", "m", "--since", "0s") == ""
+    assert ok("log", "m", "--since", "2000-01-01").count("\n") == 5 and ok("log", "m", "--since", "0s") == ""
     one_line(cli("log", "m", "--since", "yesterday-ish", store=store), "--since")
     ok("annotate", "solo", "--how", "finetune", "-m", "really a fine-tune", "--set", "lr=0.001", "--set", "data=wiki")
     ok("reparent", "solo", "--parent", "m@3")
@@ -88,7 +89,7 @@ def test_the_verbs_through_the_cli(store: Path, cli: Callable[..., Any]) -> None
     one_line(cli("reparent", "m@1", "--parent", "solo", store=store), "loop")
     one_line(cli("rm", "m", store=store), "would orphan m@2", "kid@1", "--force")
     one_line(cli("prune", "m", "--keep-last", "1", store=store), "orphan m@2")
-    assert "would remove" in ok("prune", "m", "--keep-last", "2", "--keep-tagged", "--dry-run")
+    assert "would remove 1 versions (m@1)" in ok("prune", "m", "--keep-last", "2", "--keep-tagged", "--force", "--dry-run")
     out = ok("prune", "m", "--keep-last", "1", "--force")
     assert "kept m@2 as lineage history" in out and "tags dropped: m:best" in out
     assert "renamed kid to kid2" in ok("mv", "kid", "kid2")
