@@ -1,10 +1,10 @@
 """The lineage as a picture: Graphviz DOT, laid out by ``dot`` into SVG or PNG.
 
-Each model is a box (a DOT cluster) holding its versions in one row, oldest on the left,
-joined by dashed versioning arrows; derivation edges run between versions of different
-models, coloured by how (``EDGE_COLOURS``), with a legend of the kinds the picture uses.
-A version's fill says its test status (green: every test passes, red: one fails) and a
-double, dashed border marks a lossy version. By default a model with many versions shows
+Each model is a box (an HTML-like table, so the row keeps its order) holding its versions
+in one row, oldest on the left; derivation edges run between versions of different models,
+coloured by how (``EDGE_COLOURS``), with a legend of the kinds the picture uses. A
+version's fill says its test status (green: every test passes, red: one fails) and a
+dashed purple border marks a lossy version. By default a model with many versions shows
 only those that matter (its first and newest, those with derivation edges, failing or lossy
 ones) and one ``… +N`` node per run of the others, so a run of 50 checkpoints stays one
 short row; ``--versions`` draws every version.
@@ -12,6 +12,7 @@ short row; ``--versions`` draws every version.
 
 from __future__ import annotations
 
+import html
 import shutil
 import subprocess
 from collections.abc import Iterable, Mapping
@@ -29,6 +30,7 @@ EDGE_COLOURS: dict[str, str] = {  # how -> colour of its derivation edges
 OTHER_COLOUR = "#333333"
 PASS, FAIL = ("#e6f5e6", "#2a7a2a"), ("#fde8e8", "#b22222")
 PLAIN = ("#eef3fb", "#44557a")
+LOSSY = "#8e44ad"
 KEEP_ALL = 6  # a model with at most this many versions shows them all
 LABEL_EDGES = 30  # edges named on the picture up to this many
 
@@ -67,7 +69,8 @@ def _shown(n: ModelNode, linked: set[str], marked: set[str], every: bool) -> lis
     return out
 
 
-def _version_node(v: Version, status: Mapping[str, tuple[int, int]]) -> str:
+def _cell(v: Version, status: Mapping[str, tuple[int, int]]) -> str:
+    """A version's cell: its number, step, test badge and lossy mark; its port is its id."""
     lines = [f"@{v.number}"]
     if v.provenance.get("step") is not None:
         lines.append(f"step {v.provenance['step']}")
@@ -76,14 +79,33 @@ def _version_node(v: Version, status: Mapping[str, tuple[int, int]]) -> str:
         passed, failed = status[v.id]
         fill, border = FAIL if failed else PASS
         lines.append(f"✓{passed}" + (f" ✗{failed}" if failed else ""))
-    style = "rounded,filled"
-    extra = ""
+    style = ""
     if isinstance(v.provenance.get("lossy"), dict):
         lines.append("lossy")
-        style += ",dashed"
-        extra = ", peripheries=2"
-    return (f"    {_q(v.id)} [label={_q(chr(10).join(lines))}, fillcolor={_q(fill)}, "
-            f"color={_q(border)}, style={_q(style)}, tooltip={_q(v.ref)}{extra}];")
+        border, style = LOSSY, ' style="dashed"'
+    text = "<br/>".join(html.escape(x) for x in lines)
+    return f'<td port="v{v.id}" bgcolor="{fill}" color="{border}"{style}>{text}</td>'
+
+
+def _model_node(n: ModelNode, shown: list[Version | int], status: Mapping[str, tuple[int, int]]
+                ) -> str:
+    """A model as one box: its name over its versions in a row, oldest on the left.
+
+    An HTML-like table keeps the row in order (Graphviz may reorder nodes of one rank to
+    shorten edges); each version cell is a port the derivation edges attach to.
+    """
+    cells: list[str] = []
+    for item in shown:
+        if cells:
+            cells.append('<td border="0"><font color="#8a8a8a">→</font></td>')
+        if isinstance(item, int):
+            cells.append(f'<td border="0"><font color="#666666">… +{item}</font></td>')
+        else:
+            cells.append(_cell(item, status))
+    table = (f'<<table border="1" cellborder="1" cellspacing="3" cellpadding="3" style="rounded" '
+             f'color="#9aa5b8" bgcolor="white"><tr><td colspan="{len(cells)}" border="0">'
+             f'<b>{html.escape(n.model)}</b></td></tr><tr>{"".join(cells)}</tr></table>>')
+    return f"  {_q(n.model)} [label={table}];"
 
 
 def lineage_dot(versions: Iterable[Version], status: Mapping[str, tuple[int, int]] | None = None,
@@ -96,36 +118,17 @@ def lineage_dot(versions: Iterable[Version], status: Mapping[str, tuple[int, int
     marked = {v.id for n in nodes.values() for v in n.versions
               if (status.get(v.id, (0, 0))[1] or isinstance(v.provenance.get("lossy"), dict))}
     out = ["digraph lineage {",
-           '  graph [rankdir=TB, newrank=true, nodesep=0.2, ranksep=0.45, fontname="Helvetica", '
-           'fontsize=11, compound=true];',
-           '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=9, '
-           'margin="0.06,0.03", height=0.3];',
+           '  graph [rankdir=TB, nodesep=0.25, ranksep=0.5, fontname="Helvetica"];',
+           '  node [shape=plaintext, fontname="Helvetica", fontsize=9];',
            '  edge [fontname="Helvetica", fontsize=8, arrowsize=0.6];']
-    for i, n in enumerate(nodes.values()):
-        row: list[str] = []
-        out.append(f"  subgraph cluster_{i} {{")
-        out.append(f'    label={_q(n.model)}; style="rounded"; color="#9aa5b8"; '
-                   f'fontname="Helvetica-Bold";')
-        for item in _shown(n, linked, marked, every):
-            if isinstance(item, int):
-                name = f"{n.model}#more{len(row)}"  # no model name holds a #
-                out.append(f'    {_q(name)} [label={_q(f"… +{item}")}, shape=plaintext, '
-                           f'style="", fontcolor="#666666"];')
-            else:
-                name = item.id
-                out.append(_version_node(item, status))
-            row.append(name)
-        if len(row) > 1:
-            out.append("    { rank=same; " + " ".join(_q(r) for r in row) + " }")
-            for a, b in zip(row, row[1:], strict=False):
-                out.append(f'    {_q(a)} -> {_q(b)} [style=dashed, color="#8a8a8a", '
-                           f'arrowhead=vee];')
-        out.append("  }")
+    for n in nodes.values():
+        out.append(_model_node(n, _shown(n, linked, marked, every), status))
     labels = len(edges) <= LABEL_EDGES  # beyond, the colours and the legend say how
     for e in edges:
         c = colour(e.how)
         label = f", fontcolor={_q(c)}, label={_q(e.how)}" if labels else ""
-        out.append(f"  {_q(e.parent.id)} -> {_q(e.child.id)} [color={_q(c)}{label}, "
+        out.append(f"  {_q(e.parent.model)}:{_q('v' + e.parent.id)}:s -> "
+                   f"{_q(e.child.model)}:{_q('v' + e.child.id)}:n [color={_q(c)}{label}, "
                    f"penwidth=1.4, tooltip={_q(f'{e.parent.ref} -> {e.child.ref}: {e.how}')}];")
     out += _legend(sorted({e.how for e in edges}), bool(status), bool(marked))
     out.append("}")
@@ -135,17 +138,17 @@ def lineage_dot(versions: Iterable[Version], status: Mapping[str, tuple[int, int
 def _legend(kinds: list[str], tests: bool, marks: bool) -> list[str]:
     rows = [f'<tr><td align="left"><font color="{colour(k)}">━━▶</font></td>'
             f'<td align="left">{k}</td></tr>' for k in kinds]
-    rows.append('<tr><td align="left"><font color="#8a8a8a">╌╌▶</font></td>'
-                '<td align="left">next version</td></tr>')
+    rows.append('<tr><td align="left"><font color="#8a8a8a">@1 → @2</font></td>'
+                '<td align="left">versions of a model</td></tr>')
     if tests:
         rows.append(f'<tr><td bgcolor="{PASS[0]}">✓</td><td align="left">tests pass</td></tr>')
         rows.append(f'<tr><td bgcolor="{FAIL[0]}">✗</td><td align="left">a test fails</td></tr>')
     if marks:
-        rows.append('<tr><td>┆ ┆</td><td align="left">lossy (dashed, double border)</td></tr>')
+        rows.append(f'<tr><td border="1" color="{LOSSY}" style="dashed">lossy</td>'
+                    '<td align="left">a lossy version</td></tr>')
     table = ('<<table border="0" cellborder="0" cellspacing="1"><tr><td colspan="2">'
              '<b>legend</b></td></tr>' + "".join(rows) + "</table>>")
-    return ["  subgraph cluster_legend {", '    style="rounded"; color="#cccccc"; label="";',
-            f'    legend [shape=plaintext, style="", label={table}];', "  }"]
+    return [f"  legend [label={table}];"]
 
 
 def render(dot_source: str, fmt: str, dest: Path, timeout: float = 300.0) -> None:

@@ -210,12 +210,19 @@ def test_lineage_dot_is_valid_and_has_every_version_and_edge(populated: Populate
     r = cli("lineage", "--versions", "--dot", store=populated.store)
     assert r.returncode == 0  # type: ignore[attr-defined]
     check_dot(r.stdout)  # type: ignore[attr-defined]
-    for v in lineage_json(cli, populated.store):
+    dot = r.stdout  # type: ignore[attr-defined]
+    versions = lineage_json(cli, populated.store)
+    by_id = {v["id"]: v for v in versions}
+    for v in versions:
         model, number = str(v["ref"]).split("@")
-        assert f'"{v["id"]}" [label="@{number}' in r.stdout  # type: ignore[attr-defined]
-        assert f'label="{model}";' in r.stdout  # type: ignore[attr-defined]
+        cell = dot.index(f'<td port="v{v["id"]}"')  # a cell in its model's box, saying @N
+        assert dot[cell:].split(">", 1)[1].startswith(f"@{number}")
+        assert f'<b>{model}</b>' in dot
         for p in v["parents"]:  # type: ignore[attr-defined]
-            assert f'"{p}" -> "{v["id"]}"' in r.stdout  # type: ignore[attr-defined]
+            if by_id[p]["ref"].split("@")[0] == model:  # the previous version: left of it
+                assert dot.index(f'port="v{p}"') < cell
+            else:  # a derivation edge, from the parent's cell to this one
+                assert f':"v{p}":s -> "{model}":"v{v["id"]}":n' in dot
 
 
 def test_lineage_svg_and_png_are_written(populated: Populated, cli: Callable[..., object],
