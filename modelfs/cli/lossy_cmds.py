@@ -32,14 +32,21 @@ def lossy_wanted(ctx: click.Context, model: str) -> bool:
 
 def import_lossy_cmd(ctx: click.Context, src: Path, model: str, parents: tuple[str, ...], how: str | None,
                      message: str, prov: dict[str, Any], no_infer: bool, tolerance: float | None,
-                     gate: tuple[str, ...], as_json: bool) -> None:
+                     gate: tuple[str, ...], as_json: bool, recipe_cmd: str | None = None,
+                     inputs: tuple[Path, ...] = ()) -> None:
     from modelfs.ops.lossy import describe, import_lossy, options_for
 
     with open_repo(ctx) as repo:
         options = options_for(repo, model, gate, tolerance)  # bad tests or tolerance: nothing stored
+        if recipe_cmd is not None:
+            prov = {**prov, "recipe_cmd": recipe_cmd}
         res = import_lossy(repo, src, model, list(parents) or None, options, how=how, message=message,
                            provenance=prov, infer_parent=not no_infer)
         v = res.version
+        if recipe_cmd is not None:
+            from modelfs.cli.recipe_cmds import record_import_recipe
+
+            record_import_recipe(repo, model, recipe_cmd, inputs)
         if as_json:
             click.echo(json.dumps({"id": v.id, "ref": v.ref, "parents": list(v.parents),
                                    "lossy": res.decision.lossy, **res.decision.provenance()}))

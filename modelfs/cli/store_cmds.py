@@ -95,7 +95,8 @@ def import_(ctx: click.Context, src: Path | None, model: str, parents: tuple[str
     if not isinstance(prov, dict):
         raise ModelfsError(f"--provenance must be a JSON object such as '{{\"lr\": 1e-4}}', not {provenance}")
     if lossy or (lora is None and updates is None and lossy_wanted(ctx, model)):
-        import_lossy_cmd(ctx, src, model, parents, how, message, prov, no_infer, tolerance, gate, as_json)
+        import_lossy_cmd(ctx, src, model, parents, how, message, prov, no_infer, tolerance, gate, as_json,
+                         recipe_cmd, inputs)
         return
     with open_repo(ctx) as repo, progress(_dir_size(src), f"import {model}") as tick:
         if recipe_cmd is not None:
