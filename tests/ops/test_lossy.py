@@ -168,6 +168,10 @@ def test_cli_lossy_import_shows_everywhere(tmp_path: Path, mlp: dict[str, Path],
     du = cli("du", store=s).stdout.splitlines()
     assert "lossy" in du[0].split() and du[[ln.split()[0] for ln in du].index("ft")].split()[2] == "1"
     assert json.loads(cli("du", "--json", store=s).stdout)["models"]["ft"]["lossy_versions"] == 1
+    # the next version, lossy with a recipe: the recipe is kept as for a plain import
+    r = cli("import", mlp["ft2"], "--model", "ft", "--lossy", "--recipe", "cp -r {parent}/. {out}", store=s)
+    assert r.returncode == 0 and "lossily" in r.stdout, r.stderr
+    assert "cp -r" in cli("recipe", "show", "ft", store=s).stdout
 
 
 def test_cli_bad_input_is_one_line_and_stores_nothing_wrong(tmp_path: Path, mlp: dict[str, Path],
