@@ -30,6 +30,11 @@ class RemoteUnavailable(ModelfsError):
     and what was asked for. Nothing local changed; the next try may succeed."""
 
 
+class RemoteStillUnavailable(RemoteUnavailable):
+    """The same fetch failed a moment ago and was not asked again (the kernel retries a failed
+    read page by page at once): the first failure was reported, this one need not be."""
+
+
 class Conflict(ModelfsError):
     """The operation would overwrite something or contradicts the current state."""
 

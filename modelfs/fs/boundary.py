@@ -18,7 +18,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
 
-from modelfs.errors import CorruptData, NotFound, RemoteUnavailable
+from modelfs.errors import CorruptData, NotFound, RemoteStillUnavailable, RemoteUnavailable
 from modelfs.fs.nodes import Attr, FsError
 
 log = logging.getLogger("modelfs.fs")
@@ -53,7 +53,9 @@ def boundary(
                          e.what)
             raise pyfuse3.FUSEError(e.errno) from None
         except (RemoteUnavailable, CorruptData) as e:
-            if fn.__name__ in _DATA_HANDLERS and fetch_failure(e):  # a lazy store's fetch failed: one line, EIO, retry later
+            if isinstance(e, RemoteStillUnavailable):  # the kernel's retry of what just failed
+                log.debug("%s%r: %s; answering EIO again", fn.__name__, tuple(args)[:3], e)
+            elif fn.__name__ in _DATA_HANDLERS and fetch_failure(e):  # a lazy store's fetch failed
                 log.error("%s%r: %s; answering EIO", fn.__name__, tuple(args)[:3], e)
             else:
                 log.exception("%s%r failed; answering EIO", fn.__name__, tuple(args)[:3])

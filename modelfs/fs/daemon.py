@@ -137,10 +137,18 @@ def _writer_lock(store: Path, mnt: Path) -> locks.ExclusiveLock:
         raise ModelfsError(f"cannot lock {store} for a writable mount: {e.strerror}") from None
 
 
-def _chunk_source(repo: Repo, remote: str) -> ChunkSource:
-    from modelfs.remote import open_chunk_source  # the S3 client loads only for a lazy store
+# a read waiting on a stalled remote: EIO after this long per try and this many tries (the
+# verbs wait longer; a process blocked in read() should learn soon), the next read tries again
+LAZY_READ_TIMEOUT = 5.0
+LAZY_ATTEMPTS = 2
 
-    return open_chunk_source(repo, remote)
+
+def _chunk_source(repo: Repo, remote: str) -> ChunkSource:
+    from modelfs.remote import Options, open_chunk_source  # the S3 client loads only when lazy
+
+    return open_chunk_source(repo, remote, Options(connect_timeout=LAZY_READ_TIMEOUT,
+                                                   read_timeout=LAZY_READ_TIMEOUT,
+                                                   attempts=LAZY_ATTEMPTS))
 
 
 def serve(store: Path, mountpoint: Path, config: MountConfig | None = None) -> None:

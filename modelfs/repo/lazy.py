@@ -18,11 +18,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from modelfs.errors import ModelfsError, NotFound
+from modelfs.errors import ModelfsError, NotFound, RemoteStillUnavailable, RemoteUnavailable
 from modelfs.repo.chunks import ChunkRecord
 from modelfs.repo.chunksource import ChunkSource, chain_of
 from modelfs.repo.writelock import WriterLock
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 KEY_LEN = 32
 _UNVERIFIED_MAX = 256 << 20  # fetched records no decode has checked yet (read-ahead's)
 _BATCH = 256  # records kept per write transaction
+# a fetch that failed is not asked again for this long: the kernel retries a failed read page
+# by page at once, and each retry would wait the remote's whole timeout again
+FAIL_HOLD = 1.0
 
 
 @dataclass
@@ -80,6 +84,7 @@ class LazyFetcher:
         self._writer: threading.Thread | None = None
         self._idle = threading.Condition(self._mu)
         self._unwritten = 0
+        self._failed: dict[bytes, tuple[float, str]] = {}  # key -> (when, why) of a failed fetch
         self.stats = FetchStats()
 
     # -- the read path ---------------------------------------------------------------------
@@ -112,10 +117,14 @@ class LazyFetcher:
         the source's index knows the chains, else one call per level."""
         want = self._missing(self._with_chains(self._missing(dict.fromkeys(keys))))
         while want:
+            self._held_failure(want)
             mine, theirs = self._claim(want)
             if mine:
                 try:
                     got = self.source.fetch(mine)
+                except RemoteUnavailable as e:
+                    self._note_failure(mine, str(e))
+                    raise
                 except ModelfsError:
                     self.stats.add(failures=1)
                     raise
@@ -176,6 +185,26 @@ class LazyFetcher:
             close()
 
     # -- internals -------------------------------------------------------------------------
+    def _note_failure(self, keys: list[bytes], why: str) -> None:
+        self.stats.add(failures=1)
+        now = time.monotonic()
+        with self._mu:
+            for k in keys:
+                self._failed[k] = (now, why)
+
+    def _held_failure(self, keys: list[bytes]) -> None:
+        """Raise the recent failure of any of `keys` again, without asking the remote."""
+        now = time.monotonic()
+        with self._mu:
+            for k in keys:
+                hit = self._failed.get(k)
+                if hit is None:
+                    continue
+                if now - hit[0] >= FAIL_HOLD:
+                    del self._failed[k]
+                    continue
+                raise RemoteStillUnavailable(hit[1])
+
     def _with_chains(self, keys: list[bytes]) -> dict[bytes, None]:
         out = dict.fromkeys(keys)
         stack = list(keys)

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from modelfs.remote import Options, Remote  # noqa: E402
 from modelfs.remote.pull import clone  # noqa: E402
 from modelfs.remote.push import push  # noqa: E402
 from modelfs.repo import Repo, Transfer  # noqa: E402
+from modelfs.repo.lazy import FAIL_HOLD  # noqa: E402
 
 
 @dataclass
@@ -171,6 +173,31 @@ def test_server_away_gives_eio_and_the_next_read_retries(lazy: Lazy) -> None:
     assert "Traceback" not in log
 
 
+def test_a_stalled_server_gives_eio_soon_and_the_next_read_retries(lazy: Lazy) -> None:
+    """SIGSTOP: the server keeps its sockets and answers nothing. The read waits the mount's
+    fetch timeout (5 s a try, 2 tries), then EIO (the kernel's page-by-page retries of the
+    failed read answered at once); once the server answers again the read succeeds."""
+    store = _fresh_clone(lazy, "stall")
+    with _mount(store, lazy.root / "mnt-stall") as m:
+        path = m.path / "minilm" / "model.safetensors"
+        config = (m.path / "minilm" / "config.json").read_bytes()
+        lazy.server.pause()
+        try:
+            t0 = time.monotonic()
+            assert _read_fails(path) == errno.EIO
+            waited = time.monotonic() - t0
+            assert (m.path / "minilm" / "config.json").read_bytes() == config
+        finally:
+            lazy.server.resume()
+        assert waited < 25, waited
+        time.sleep(FAIL_HOLD)  # a failed fetch is not asked again at once
+        log = m.log_text()
+        assert sum("answering EIO" in ln for ln in log.splitlines()) == 1, log[-3000:]  # one line
+        got = path.read_bytes()
+        assert blake3.blake3(got).digest() == blake3.blake3(
+            (lazy.src / "model.safetensors").read_bytes()).digest()
+
+
 def test_a_corrupted_object_gives_eio_and_nothing_wrong_is_kept(lazy: Lazy) -> None:
     s3: Any = lazy.server.client()
     bucket, prefix = lazy.url[len("s3://"):].split("/", 1)
@@ -188,6 +215,7 @@ def test_a_corrupted_object_gives_eio_and_nothing_wrong_is_kept(lazy: Lazy) -> N
             path = m.path / "minilm" / "model.safetensors"
             assert _read_fails(path) == errno.EIO
             s3.put_object(Bucket=bucket, Key=big["Key"], Body=original)  # repaired
+            time.sleep(FAIL_HOLD)  # a failed fetch is not asked again at once
             got = path.read_bytes()
             assert blake3.blake3(got).digest() == blake3.blake3(
                 (lazy.src / "model.safetensors").read_bytes()).digest()
