@@ -23,6 +23,7 @@ model list, what a head shows, a version's children) get short ones. Writes to h
 from __future__ import annotations
 
 import errno
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -540,6 +541,11 @@ class Tree:
                                                        for p in v.parents).encode(),
                 XATTR_PREFIX + "how": (v.how or "").encode(),
             }
+            lossy = v.provenance.get("lossy")
+            if isinstance(lossy, dict):  # a lossy version (docs/lossy.md): its error figures
+                out[XATTR_PREFIX + "lossy"] = json.dumps(
+                    {k: lossy.get(k) for k in ("scheme", "max_error_ratio", "error_ratio", "worst_tensor",
+                                               "step_min", "step_max")}, sort_keys=True).encode()
         if n.kind is Kind.FILE and entry is not None:
             out[XATTR_PREFIX + "blake3"] = entry.blake3_hex.encode()
             out[XATTR_PREFIX + "format"] = entry.format.encode()
