@@ -29,6 +29,7 @@ from modelfs.codecs import EncodeContext, get_codec
 from modelfs.codecs.lowrank import chunk_hint
 from modelfs.codecs.mix import MixHint, TiesHint
 from modelfs.codecs.planes import decode_planes, encode_planes
+from modelfs.codecs.qdelta import QuantHint
 from modelfs.dtypes import DTYPES
 from modelfs.lineage import FileEntry, LineageGraph, ModelInfo, Version
 from modelfs.repo import Repo
@@ -88,6 +89,11 @@ def codec_cases() -> dict[str, CodecCase]:
                                                     TiesHint((0.001, 0.002), 0.5))),
         "lowrank": CodecCase("lowrank", LOWRANK_CHILD.tobytes(), EncodeContext(
             F32, [p], [F32], chunk_hint(FACTOR_B, FACTOR_A, 2.0, 0, N, variant="fma"))),
+        # lossy mode's codecs (exact on any chunk: what their grid misses is an exception)
+        "qdelta": CodecCase("qdelta", c, EncodeContext(F32, [p], [F32], QuantHint(1e-3))),
+        "qdelta-avg": CodecCase("qdelta-avg", c, EncodeContext(F32, [p, OTHER.tobytes()], [F32, F32],
+                                                                QuantHint(1e-3))),
+        "qdelta-prune": CodecCase("qdelta-prune", PRUNED.tobytes(), EncodeContext(F32, [p], [F32], QuantHint(1e-3))),
     }
 
 
