@@ -85,6 +85,10 @@ def checkpoints_into_mount(work: Path, env: dict[str, str], base: str = "minilm"
     mnt.mkdir(exist_ok=True)
     run("mount", str(mnt), env=env)
     try:
+        n = 2
+        while (mnt / name).exists():  # a rerun on the same store: a new run model
+            name = f"{run_model or f'{base}-run'}-{n}"
+            n += 1
         t = time.time()
         r = subprocess.run([sys.executable, "-c", TRAIN, str(mnt / base), str(mnt / name)],
                            env=env, capture_output=True, text=True)
