@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from modelfs.cli.app import open_repo
+from modelfs.cli.app import open_repo, progress
 from modelfs.cli.render import human_bytes
 from modelfs.errors import ModelfsError
+
+if TYPE_CHECKING:
+    from modelfs.lineage import Version
+    from modelfs.ops.diff import Differ
 
 DIFF_CACHE = 64 << 20  # decoded-chunk cache for diff: a window of chunks, not a checkpoint
 MAX_CONFLICTS = 20  # conflict lines printed; a dtype mismatch can conflict on every tensor
@@ -91,48 +95,59 @@ def diff_command(ctx: click.Context, a: str, b: str, as_json: bool, stat: bool, 
     largest |change|. Unchanged files and tensors are known from hashes, never decoded.
     The total ends with the bytes B's version adds to a store that holds A.
     """
-    from modelfs.ops.diff import Differ, DiffTotal, FileDiff, TensorDiff, summarize
+    from modelfs.ops.diff import Differ
 
     with open_repo(ctx, DIFF_CACHE) as repo:
         va, vb = repo.resolve(a), repo.resolve(b)
-        events = Differ(repo, va, vb, numbers=not names_only, workers=os.cpu_count() or 2).run()
-        if as_json:
-            doc = summarize(list(events))
-            doc = {"a": {"ref": va.ref, "id": va.id}, "b": {"ref": vb.ref, "id": vb.id}, **doc}
-            click.echo(json.dumps(doc, indent=1))
-            return
-        click.echo(f"diff {va.ref} ({va.id}) -> {vb.ref} ({vb.id})")
-        pending: list[str] = []
-        hidden = 0
-        for ev in events:
-            if isinstance(ev, TensorDiff):
-                if not ev.name:
-                    continue  # a non-tensor file: its file line says it all
-                if ev.status == "unchanged" and not show_all:
-                    hidden += 1
-                elif not stat:
-                    pending.append(_tensor_line(ev))
-            elif isinstance(ev, FileDiff):
-                mark = {"added": "A", "removed": "D", "changed": "M", "unchanged": "="}[ev.status]
-                size = (f"{human_bytes(ev.a.size) if ev.a else '-'} -> "
-                        f"{human_bytes(ev.b.size) if ev.b else '-'}")
-                head = f"{mark} {ev.path}  [{(ev.b or ev.a).format}] {size}"  # type: ignore[union-attr]
-                if ev.status == "changed":
-                    head += (f"; {_summary(ev.counts, ev.stats, ev.elements, ev.differing)}; "
-                             f"stored delta {human_bytes(ev.delta_bytes)}")
-                click.echo(head)
-                for line in pending:
-                    click.echo(line)
-                if hidden and not stat and ev.status == "changed":
-                    click.echo(f"    ({hidden} unchanged tensors not shown; --all lists them)")
-                pending, hidden = [], 0
-            elif isinstance(ev, DiffTotal):
-                f = ev.files
-                click.echo(f"total: {sum(f.values())} files ({', '.join(f'{v} {k}' for k, v in f.items() if v)}; "
-                           f"{ev.tensor_files} with tensors, {ev.other_files} other); "
-                           f"tensors: {_summary(ev.tensors, ev.stats, ev.elements, ev.differing)}")
-                click.echo(f"stored size of {vb.ref} given {va.ref}: {human_bytes(ev.delta_bytes)} "
-                           f"for {human_bytes(ev.b_logical)} ({_smaller(ev.b_logical, ev.delta_bytes)})")
+        work = sum(e.size for p, e in vb.files.items() if p not in va.files or va.files[p].key != e.key)
+        with progress(work, f"diff {va.ref} {vb.ref}", enabled=not names_only) as advance:
+            differ = Differ(repo, va, vb, numbers=not names_only, workers=os.cpu_count() or 2,
+                            progress=advance)
+            _print_diff(va, vb, differ, as_json, stat, show_all)
+
+
+def _print_diff(va: Version, vb: Version, differ: Differ, as_json: bool, stat: bool,
+                show_all: bool) -> None:
+    from modelfs.ops.diff import DiffTotal, FileDiff, TensorDiff, summarize
+
+    events = differ.run()
+    if as_json:
+        doc = summarize(list(events))
+        doc = {"a": {"ref": va.ref, "id": va.id}, "b": {"ref": vb.ref, "id": vb.id}, **doc}
+        click.echo(json.dumps(doc, indent=1))
+        return
+    click.echo(f"diff {va.ref} ({va.id}) -> {vb.ref} ({vb.id})")
+    pending: list[str] = []
+    hidden = 0
+    for ev in events:
+        if isinstance(ev, TensorDiff):
+            if not ev.name:
+                continue  # a non-tensor file: its file line says it all
+            if ev.status == "unchanged" and not show_all:
+                hidden += 1
+            elif not stat:
+                pending.append(_tensor_line(ev))
+        elif isinstance(ev, FileDiff):
+            mark = {"added": "A", "removed": "D", "changed": "M", "unchanged": "="}[ev.status]
+            size = (f"{human_bytes(ev.a.size) if ev.a else '-'} -> "
+                    f"{human_bytes(ev.b.size) if ev.b else '-'}")
+            head = f"{mark} {ev.path}  [{(ev.b or ev.a).format}] {size}"  # type: ignore[union-attr]
+            if ev.status == "changed":
+                head += (f"; {_summary(ev.counts, ev.stats, ev.elements, ev.differing)}; "
+                         f"stored delta {human_bytes(ev.delta_bytes)}")
+            click.echo(head)
+            for line in pending:
+                click.echo(line)
+            if hidden and not stat and ev.status == "changed":
+                click.echo(f"    ({hidden} unchanged tensors not shown; --all lists them)")
+            pending, hidden = [], 0
+        elif isinstance(ev, DiffTotal):
+            f = ev.files
+            click.echo(f"total: {sum(f.values())} files ({', '.join(f'{v} {k}' for k, v in f.items() if v)}; "
+                       f"{ev.tensor_files} with tensors, {ev.other_files} other); "
+                       f"tensors: {_summary(ev.tensors, ev.stats, ev.elements, ev.differing)}")
+            click.echo(f"stored size of {vb.ref} given {va.ref}: {human_bytes(ev.delta_bytes)} "
+                       f"for {human_bytes(ev.b_logical)} ({_smaller(ev.b_logical, ev.delta_bytes)})")
 
 
 # ---------------------------------------------------------------- merge

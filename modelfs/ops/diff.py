@@ -13,7 +13,7 @@ float64 (`modelfs.numerics`: bf16 by a bit shift, fp8 through torch).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -193,9 +193,11 @@ class Differ:
     """Compares version A with version B; `run()` yields events as they are known."""
 
     def __init__(self, repo: Repo, a: Version, b: Version, *, numbers: bool = True,
-                 workers: int = 2, window: int = 4) -> None:
+                 workers: int = 2, window: int = 4, progress: Callable[[int], None] | None = None) -> None:
         self.repo, self.a, self.b = repo, a, b
         self.numbers = numbers
+        self.progress = progress or (lambda n: None)  # bytes of B's differing files compared
+        self._compared = 0  # of the current file, bytes the progress callback was given
         self.workers = max(1, workers)
         self.window = max(1, window)
         self._a_chunks: set[bytes] | None = None
@@ -237,16 +239,24 @@ class Differ:
             return compare_window(a, a, ta.dtype, ta.dtype, numeric)
         return compare_window(a, rb.read(bo, bn), ta.dtype, tb.dtype, numeric)
 
+    def _counted(self, f: Future[Stats], nbytes: int) -> Stats:
+        stats = f.result()
+        self._compared += nbytes
+        self.progress(nbytes)
+        return stats
+
     def _compare(self, pool: ThreadPoolExecutor, ta: StoredTensor, tb: StoredTensor,
                  ra: FileReader, rb: FileReader) -> Stats:
         total = Stats()
         pending: list[Future[Stats]] = []
+        sizes: list[int] = []
         for job in self._jobs(ta, tb, ra, rb):
             pending.append(pool.submit(self._window, job, ta, tb, ra, rb))
+            sizes.append(job[4])
             if len(pending) >= self.workers * self.window:
-                total.add(pending.pop(0).result())
-        for f in pending:
-            total.add(f.result())
+                total.add(self._counted(pending.pop(0), sizes.pop(0)))
+        for f, n in zip(pending, sizes, strict=True):
+            total.add(self._counted(f, n))
         return total
 
     def _tensor_diff(self, pool: ThreadPoolExecutor, path: str, ta: StoredTensor | None,
@@ -285,7 +295,9 @@ class Differ:
                     fd.holds_tensors = bool(named)
                     fd.elements = sum(math.prod(t.shape) for t in named)
                 else:
+                    self._compared = 0
                     yield from self._file_tensors(pool, path, ea, eb, fd, a_file_keys)
+                    self.progress(max(0, (eb.size if eb else 0) - self._compared))  # what needed no decode
                     if ea is None:
                         fd.status = "added"
                     elif eb is None:

@@ -153,3 +153,16 @@ def test_file_level_statuses(ops_repo: Repo) -> None:
     assert files["vocab.txt"].status == "removed"  # a bare save_pretrained has no tokenizer
     back = {e.path: e for e in events(ops_repo, "ft", "base") if isinstance(e, FileDiff)}
     assert back["vocab.txt"].status == "added" and back["vocab.txt"].delta_bytes > 0
+
+
+def test_progress_counts_every_byte_of_the_differing_files_once(ops_repo: Repo) -> None:
+    a, b = ops_repo.resolve("base"), ops_repo.resolve("ft")
+    work = sum(e.size for p, e in b.files.items() if p not in a.files or a.files[p].key != e.key)
+    seen: list[int] = []
+    evs = events(ops_repo, "base", "ft", progress=seen.append)
+    assert work > 0 and sum(seen) == work
+    assert all(n >= 0 for n in seen) and len(seen) > 3  # it moves during the diff, not only at the end
+    assert isinstance(evs[-1], DiffTotal)
+    same: list[int] = []
+    events(ops_repo, "ft", "ft", progress=same.append)
+    assert sum(same) == 0
