@@ -16,16 +16,7 @@ import time
 from pathlib import Path
 
 import blake3
-
-BIN = Path(sys.executable).parent / "modelfs"
-
-
-def run(*args: str, env: dict[str, str]) -> str:
-    print(f"\n$ modelfs {' '.join(args)}", flush=True)
-    out = subprocess.run([str(BIN), *args], env=env, check=True, capture_output=True, text=True)
-    sys.stdout.write(out.stdout)
-    sys.stderr.write(out.stderr)
-    return out.stdout
+from demo_support import run  # beside this script, on sys.path
 
 
 def sh(cmd: str) -> None:
@@ -116,14 +107,24 @@ def main() -> int:
     finally:
         run("umount", str(mnt), env=env)
 
-    from demo_checks import tests_and_bisect  # beside this script, on sys.path
-
-    tests_and_bisect(work, env)  # a test run over the lineage, a regression found by bisect
-
+    from demo_checkpoints import checkpoints_into_mount  # beside this script, on sys.path
+    from demo_checks import tests_and_bisect
+    from demo_everyday import everyday_use
+    from demo_lossy import lossy_import
+    from demo_remote import remote_demo
     from demo_update import cascading_update
 
+    print("\n== checkpoints as versions: a real transformers Trainer writing into the mount")
+    picture = checkpoints_into_mount(work, env, base="minilm")
+    tests_and_bisect(work, env)  # a test run over the lineage, a regression found by bisect
     cascading_update(work, env)  # recipes on minilm's descendants, a new minilm, `modelfs update`
-    print(f"\ndemo done; store and lineage in {work}")
+    print("\n== lossy storage, opt-in, behind an accuracy gate")
+    lossy_import(work, env)
+    print("\n== everyday verbs: tags, log filters, annotate and find, checkout")
+    everyday_use(work, env)
+    print("\n== a remote: push to S3 (SeaweedFS on loopback), lazy clone, mount, from_pretrained")
+    remote_demo(work, env)
+    print(f"\ndemo done; store and lineage in {work}; the lineage picture: {picture}")
     return 0
 
 

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent / "modelfs"
+from demo_support import run  # beside this script, on sys.path
 
 # Fine-tunes BASE (a directory: a head in the mount) as a sequence classifier on a fixed toy
 # task with a real transformers Trainer whose output_dir is OUT (a model directory in the mount).
@@ -51,15 +51,6 @@ Trainer(model=model, args=args, train_dataset=Toy()).train()
 print("trained; checkpoints kept by the trainer:",
       sorted(p for p in __import__("os").listdir(out) if p.startswith("checkpoint-")))
 '''
-
-
-def run(*args: str, env: dict[str, str]) -> str:
-    print(f"$ modelfs {' '.join(args)}", flush=True)
-    r = subprocess.run([str(BIN), *args], env=env, capture_output=True, text=True)
-    print(r.stdout, end="", flush=True)
-    if r.returncode != 0:
-        raise SystemExit(f"modelfs {args[0]} failed: {r.stderr.strip()}")
-    return r.stdout
 
 
 def wait_ref(head: Path, ref: str, timeout: float = 120.0) -> None:

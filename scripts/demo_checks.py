@@ -12,12 +12,11 @@ import argparse
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-BIN = Path(sys.executable).parent / "modelfs"
+from demo_support import run  # beside this script, on sys.path
 
 # The check: an embedding-similarity test on the version's own files ({path}, read-only in a
 # mount of the store): a paraphrase pair must be closer than an unrelated sentence by a margin.
@@ -42,16 +41,6 @@ sys.exit(0 if pair - other > 0.2 else 1)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 BROKEN_AT = 3  # chain version that brings the regression in (1-based)
-
-
-def run(*args: str, env: dict[str, str], ok: tuple[int, ...] = (0,)) -> str:
-    print(f"\n$ modelfs {' '.join(shlex.quote(a) for a in args)}", flush=True)
-    out = subprocess.run([str(BIN), *args], env=env, capture_output=True, text=True)
-    sys.stdout.write(out.stdout)
-    sys.stderr.write(out.stderr)
-    if out.returncode not in ok:
-        raise SystemExit(f"modelfs {args[0]} exited {out.returncode}")
-    return out.stdout
 
 
 def train_step(src: Path, dest: Path, seed: int, broken: bool) -> None:

@@ -13,20 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-BIN = Path(sys.executable).parent / "modelfs"
-
-
-def run(*args: str, env: dict[str, str]) -> str:
-    print(f"\n$ modelfs {' '.join(args)}", flush=True)
-    out = subprocess.run([str(BIN), *args], env=env, check=True, capture_output=True, text=True)
-    sys.stdout.write(out.stdout)
-    sys.stderr.write(out.stderr)
-    return out.stdout
+from demo_support import run  # beside this script, on sys.path
 
 
 def everyday_use(work: Path, env: dict[str, str], model: str = "minilm-ft") -> None:

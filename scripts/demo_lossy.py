@@ -14,24 +14,18 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-BIN = Path(sys.executable).parent / "modelfs"
+from demo_support import run as run_shown
+
 EVAL = Path(__file__).resolve().parent / "benchlib" / "lossy_eval.py"
 
 
-def run(*args: str, env: dict[str, str]) -> str:
-    """One modelfs command, shown as typed, with its output."""
-    print(f"\n$ modelfs {' '.join(shlex.quote(a) for a in args)}", flush=True)
-    out = subprocess.run([str(BIN), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    sys.stdout.write(out.stdout)
-    sys.stdout.flush()
-    if out.returncode != 0:
-        raise SystemExit(f"modelfs {args[0]} exited {out.returncode}")
-    return out.stdout
+def run(*args: str, env: dict[str, str], ok: tuple[int, ...] = (0,)) -> str:
+    """stdout and stderr together, in the order written (progress lines between report lines)."""
+    return run_shown(*args, env=env, ok=ok, merged=True)
 
 
 def lossy_import(work: Path, env: dict[str, str], base: str = "minilm@1", finetune: str = "minilm-ft@1",

@@ -17,17 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-BIN = Path(sys.executable).parent / "modelfs"
+from demo_support import run  # beside this script, on sys.path
+
 BUCKET = "modelfs-demo"
-
-
-def run(*args: str, env: dict[str, str], quiet: bool = False) -> str:
-    print(f"\n$ modelfs {' '.join(args)}", flush=True)
-    out = subprocess.run([str(BIN), *args], env=env, check=True, capture_output=True, text=True)
-    if not quiet:
-        sys.stdout.write(out.stdout)
-    sys.stderr.write(out.stderr)
-    return out.stdout
 
 
 def _mb(n: int) -> str:

@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent / "modelfs"
+from demo_support import BIN  # beside this script, on sys.path
+from demo_support import run as run_shown
 
 # The fine-tune recipe: loads {parent} (a read-only directory of a mount of the store) with
 # transformers, takes a few real AdamW steps of unsupervised SimCSE with a fixed seed, and
@@ -102,15 +103,8 @@ print(f"averaged {len(avg)} tensors of {', '.join(p.name for p in parents)}")
 
 
 def run(*args: str, env: dict[str, str], ok: tuple[int, ...] = (0,)) -> str:
-    """One modelfs command, shown as typed; its stdout and stderr together, in the order written
-    (`update` prints its progress lines on stderr between the plan and the report)."""
-    print(f"\n$ modelfs {' '.join(shlex.quote(a) for a in args)}", flush=True)
-    out = subprocess.run([str(BIN), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    sys.stdout.write(out.stdout)
-    sys.stdout.flush()
-    if out.returncode not in ok:
-        raise SystemExit(f"modelfs {args[0]} exited {out.returncode}")
-    return out.stdout
+    """stdout and stderr together, in the order written (progress lines between report lines)."""
+    return run_shown(*args, env=env, ok=ok, merged=True)
 
 
 def quiet(*args: str, env: dict[str, str]) -> str:
