@@ -78,6 +78,17 @@ def tiny(d: Path, norm: float, seed: int = 0) -> Path:
     return d
 
 
+def seeded(d: Path, seed: int) -> Path:
+    """A checkpoint dir of one random 64 x 32 fp32 tensor ``w`` and a config naming the seed."""
+    from safetensors.numpy import save_file
+
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    save_file({"w": rng.standard_normal((64, 32)).astype(np.float32)}, str(d / "model.safetensors"))
+    (d / "config.json").write_text(f'{{"seed": {seed}}}')
+    return d
+
+
 def runs(log: Path) -> list[str]:
     """The refs the script ran on, in order (one log line per real run)."""
     return [ln.split()[0] for ln in log.read_text().splitlines()] if log.exists() else []

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+from checkhelp import seeded
 
 from modelfs.fs.config import MountConfig
 from modelfs.fs.handle import MountHandle
@@ -21,24 +21,14 @@ from modelfs.repo import Repo
 FUSE = os.path.exists("/dev/fuse") and shutil.which("fusermount3")
 
 
-def ckpt(d: Path, seed: int) -> Path:
-    from safetensors.numpy import save_file
-
-    d.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    save_file({"w": rng.standard_normal((64, 32)).astype(np.float32)}, str(d / "model.safetensors"))
-    (d / "config.json").write_text(f'{{"seed": {seed}}}')
-    return d
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     s = tmp_path / "store"
     with Repo.init(s) as repo:
         for i in range(1, 4):
-            repo.import_dir(ckpt(tmp_path / f"m{i}", i), "m", infer_parent=False, message=f"epoch {i}")
-        repo.import_dir(ckpt(tmp_path / "kid", 9), "kid", parents=["m@2"], how="finetune")
-        repo.import_dir(ckpt(tmp_path / "solo", 7), "solo", infer_parent=False)
+            repo.import_dir(seeded(tmp_path / f"m{i}", i), "m", infer_parent=False, message=f"epoch {i}")
+        repo.import_dir(seeded(tmp_path / "kid", 9), "kid", parents=["m@2"], how="finetune")
+        repo.import_dir(seeded(tmp_path / "solo", 7), "solo", infer_parent=False)
     return s
 
 

@@ -12,15 +12,18 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from modelfs.fs import control
 from modelfs.fs.config import MountConfig
 from modelfs.fs.handle import MountHandle, force_unmount
 from modelfs.lineage import Version
+from modelfs.repo import Repo
 
 FUSE_MISSING = (
     "FUSE is not usable here"
@@ -67,6 +70,26 @@ def start_mount(store: Path, mnt: Path, log: Path, cache_mb: int = 256,
                 extra: tuple[str, ...] = ()) -> Mounted:
     """Spawn a mount daemon of `store` at `mnt` (output into `log`); return once it answers."""
     return MountHandle.start(store, mnt, log, MountConfig(cache_mb=cache_mb), extra)
+
+
+def empty_store(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A new empty store for a module's mount (fails, not skips, where FUSE is missing)."""
+    if FUSE_MISSING:
+        pytest.fail(FUSE_MISSING)
+    store = tmp_path_factory.mktemp(name) / "store"
+    Repo.init(store).close()
+    return store
+
+
+def module_mount(store: Path, tmp_path_factory: pytest.TempPathFactory, name: str,
+                 settle: float = 1.0) -> Iterator[Mounted]:
+    """The body of a module-scoped mount fixture: mounted, yielded, stopped."""
+    root = tmp_path_factory.mktemp(name)
+    m = start_mount(store, root / "mnt", root / "daemon.log", extra=("--settle", str(settle)))
+    try:
+        yield m
+    finally:
+        m.stop()
 
 
 def wait_for(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from mounthelp import FUSE_MISSING, Mounted, head_ref, start_mount, wait_for, wait_ref
+from mounthelp import Mounted, empty_store, head_ref, module_mount, wait_for, wait_ref
 from safetensors.torch import load_file, save_file
 
 from modelfs.repo import Repo
@@ -26,21 +26,12 @@ pytestmark = [pytest.mark.mount, pytest.mark.timeout(120)]
 
 @pytest.fixture(scope="module")
 def sstore(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if FUSE_MISSING:
-        pytest.fail(FUSE_MISSING)
-    store = tmp_path_factory.mktemp("sstore") / "store"
-    Repo.init(store).close()
-    return store
+    return empty_store(tmp_path_factory, "sstore")
 
 
 @pytest.fixture(scope="module")
 def smount(sstore: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
-    root = tmp_path_factory.mktemp("smnt")
-    m = start_mount(sstore, root / "mnt", root / "daemon.log", extra=("--settle", "1.0"))
-    try:
-        yield m
-    finally:
-        m.stop()
+    yield from module_mount(sstore, tmp_path_factory, "smnt")
 
 
 def weights(seed: int) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from mounthelp import FUSE_MISSING, Mounted, start_mount, wait_for, wait_ref
+from mounthelp import Mounted, empty_store, module_mount, wait_for, wait_ref
 from safetensors.torch import save_file
 
 from modelfs.repo import Repo
@@ -25,21 +25,12 @@ pytestmark = [pytest.mark.mount, pytest.mark.timeout(180)]
 
 @pytest.fixture(scope="module")
 def tstore(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if FUSE_MISSING:
-        pytest.fail(FUSE_MISSING)
-    store = tmp_path_factory.mktemp("tstore") / "store"
-    Repo.init(store).close()
-    return store
+    return empty_store(tmp_path_factory, "tstore")
 
 
 @pytest.fixture(scope="module")
 def tmount(tstore: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
-    root = tmp_path_factory.mktemp("tmnt")
-    m = start_mount(tstore, root / "mnt", root / "daemon.log", extra=("--settle", "1.0"))
-    try:
-        yield m
-    finally:
-        m.stop()
+    yield from module_mount(tstore, tmp_path_factory, "tmnt")
 
 
 class Tokens(torch.utils.data.Dataset):  # type: ignore[type-arg]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
+from checkhelp import seeded
 
 from modelfs.errors import Conflict, InvalidName, NotFound
 from modelfs.lineage.refs import BackRef, HeadRef, IdRef, NumberRef, TagRef, mount_ref, parse_ref
@@ -14,23 +14,13 @@ from modelfs.lineage.search import Query
 from modelfs.repo import Repo
 
 
-def ckpt(d: Path, seed: int) -> Path:
-    from safetensors.numpy import save_file
-
-    d.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    save_file({"w": rng.standard_normal((64, 32)).astype(np.float32)}, str(d / "model.safetensors"))
-    (d / "config.json").write_text(f'{{"seed": {seed}}}')
-    return d
-
-
 @pytest.fixture
 def lin(repo: Repo, tmp_path: Path) -> Repo:
     """m@1..m@4; kid@1 derived from m@2 (another model); solo@1."""
     for i in range(1, 5):
-        repo.import_dir(ckpt(tmp_path / f"m{i}", i), "m", infer_parent=False, message=f"step {i}")
-    repo.import_dir(ckpt(tmp_path / "kid", 10), "kid", parents=["m@2"], how="finetune")
-    repo.import_dir(ckpt(tmp_path / "solo", 20), "solo", infer_parent=False)
+        repo.import_dir(seeded(tmp_path / f"m{i}", i), "m", infer_parent=False, message=f"step {i}")
+    repo.import_dir(seeded(tmp_path / "kid", 10), "kid", parents=["m@2"], how="finetune")
+    repo.import_dir(seeded(tmp_path / "solo", 20), "solo", infer_parent=False)
     return repo
 
 
@@ -82,7 +72,7 @@ def test_checkout_makes_an_old_version_the_head_again_and_loses_nothing(lin: Rep
     assert lin.resolve("m") == new and lin.resolve("m@4") == old_head
     with pytest.raises(Conflict, match="already holds"):
         lin.history().checkout(lin.resolve("m@2"))
-    lin.drafts().stage_file("m", "extra.bin", ckpt(tmp_path / "x", 99) / "config.json")
+    lin.drafts().stage_file("m", "extra.bin", seeded(tmp_path / "x", 99) / "config.json")
     with pytest.raises(Conflict, match="not committed yet"):
         lin.history().checkout(lin.resolve("m@1"))
     assert lin.maintenance().fsck().ok
@@ -179,8 +169,8 @@ def test_removed_versions_leave_no_index_entries_and_inference_still_works(lin: 
         assert txn.get("sketch", b"v" + solo.id.encode()) is None
         assert not [k for k in txn.keys("children") if solo.id.encode() in bytes(k)]
     # a new import whose weights are solo's: inference must not reach the removed version
-    v = lin.import_dir(ckpt(tmp_path / "again", 20), "again")
+    v = lin.import_dir(seeded(tmp_path / "again", 20), "again")
     assert v.derived_from == () or all(p != solo.id for p in v.derived_from)
     lin.history().prune("m", keep_last=1, force=True)
-    w = lin.import_dir(ckpt(tmp_path / "again3", 3), "again3")
+    w = lin.import_dir(seeded(tmp_path / "again3", 3), "again3")
     assert all(lin.version(p) for p in w.derived_from)
