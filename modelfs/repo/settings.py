@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelfs.errors import ModelfsError
+from modelfs.names import check_model_name
 from modelfs.registry import Registry
 from modelfs.repo.tables import RecordTable
 
@@ -99,25 +100,25 @@ class ModelSettings:
 
     def of(self, model: str) -> dict[str, Any]:
         """Every setting of ``model``, defaults filled in."""
-        stored = self._table.get(model.encode()) or {}
+        stored = self._table.get(check_model_name(model).encode()) or {}
         return {name: stored.get(name, s.default) for name, s in sorted(SETTINGS.all().items())}
 
     def get(self, model: str, name: str) -> Any:
         setting = SETTINGS.get(name)
-        stored = self._table.get(model.encode()) or {}
+        stored = self._table.get(check_model_name(model).encode()) or {}
         return stored.get(name, setting.default)
 
     def set(self, model: str, name: str, text: str) -> Any:
         """Parse ``text`` for setting ``name`` and store it; returns the stored value."""
         value = SETTINGS.get(name).parse(text)
-        stored = dict(self._table.get(model.encode()) or {})
+        stored = dict(self._table.get(check_model_name(model).encode()) or {})
         stored[name] = value
         self._table.put(model.encode(), stored)
         return value
 
     def unset(self, model: str, name: str) -> bool:
         SETTINGS.get(name)
-        stored = dict(self._table.get(model.encode()) or {})
+        stored = dict(self._table.get(check_model_name(model).encode()) or {})
         if stored.pop(name, None) is None:
             return False
         if stored:
