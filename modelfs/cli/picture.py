@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import shutil
 import subprocess
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -25,9 +26,11 @@ from modelfs.lineage.groups import ModelNode, group
 EDGE_COLOURS: dict[str, str] = {  # how -> colour of its derivation edges
     "finetune": "#1f77b4", "lora": "#9467bd", "merge": "#ff7f0e", "prune": "#d62728",
     "cast": "#2ca02c", "quantize": "#17becf", "reshard": "#8c564b", "derive": "#7f7f7f",
-    "distill": "#e377c2", "update": "#bcbd22",
+    "distill": "#e377c2", "update": "#bcbd22", "partial-finetune": "#b7950b", "checkpoint": "#5f9ed1",
 }
-OTHER_COLOUR = "#333333"
+# kinds without a colour of their own get one of these, chosen by a hash of the name: stable
+# from picture to picture, and two such kinds rarely share a colour in one legend
+OTHER_COLOURS = ("#333333", "#6b4226", "#2f6f4f", "#7a1f5c", "#4b4b8f", "#8f6b00", "#006d77", "#a0522d")
 PASS, FAIL = ("#e6f5e6", "#2a7a2a"), ("#fde8e8", "#b22222")
 PLAIN = ("#eef3fb", "#44557a")
 LOSSY = "#8e44ad"
@@ -45,7 +48,7 @@ def _q(s: str) -> str:
 
 
 def colour(how: str) -> str:
-    return EDGE_COLOURS.get(how, OTHER_COLOUR)
+    return EDGE_COLOURS.get(how) or OTHER_COLOURS[zlib.crc32(how.encode()) % len(OTHER_COLOURS)]
 
 
 def _shown(n: ModelNode, linked: set[str], marked: set[str], every: bool) -> list[Version | int]:
