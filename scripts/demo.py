@@ -7,7 +7,6 @@ real `modelfs` command line, as a user would.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 import blake3
-from demo_support import run  # beside this script, on sys.path
+from demo_support import demo_env, run  # beside this script, on sys.path
 
 
 def sh(cmd: str) -> None:
@@ -55,7 +54,7 @@ def main() -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="modelfs-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     store = work / "store"
-    env = {**os.environ, "MODELFS_STORE": str(store), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = demo_env(store)
 
     from modelfs.demo.lineage import build_lineage
 

@@ -12,16 +12,14 @@ Every step is the real ``modelfs`` command line; the trainer runs in its own pro
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from demo_support import run  # beside this script, on sys.path
+from demo_support import run, standalone  # beside this script, on sys.path
 
 # Fine-tunes BASE (a directory: a head in the mount) as a sequence classifier on a fixed toy
 # task with a real transformers Trainer whose output_dir is OUT (a model directory in the mount).
@@ -115,13 +113,7 @@ def _tiny_store(work: Path, env: dict[str, str]) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--workdir", type=Path, help="where to build (default: a new temp dir)")
-    args = ap.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="modelfs-demo-ckpt-"))
-    work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MODELFS_STORE": str(work / "store"), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1"}
+    work, env = standalone(__doc__, "modelfs-demo-ckpt-")
     _tiny_store(work, env)
     png = checkpoints_into_mount(work, env, base="tiny-bert", run_model="run")
     print(f"\ndemo done; store and picture in {work} ({png.name})")

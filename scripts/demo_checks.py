@@ -8,15 +8,12 @@ new store there first. Every step is the real `modelfs` command line.
 
 from __future__ import annotations
 
-import argparse
-import os
 import shlex
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from demo_support import run  # beside this script, on sys.path
+from demo_support import run, standalone  # beside this script, on sys.path
 
 # The check: an embedding-similarity test on the version's own files ({path}, read-only in a
 # mount of the store): a paraphrase pair must be closer than an unrelated sentence by a margin.
@@ -108,13 +105,8 @@ def tests_and_bisect(work: Path, env: dict[str, str], base_model: str = "minilm-
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--workdir", type=Path, help="where to build (default: a new temp dir)")
-    args = ap.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="modelfs-demo-checks-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work, env = standalone(__doc__, "modelfs-demo-checks-")
     store = work / "store"
-    env = {**os.environ, "MODELFS_STORE": str(store), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     from modelfs.demo.lineage import minilm_dir
 
     if store.exists():

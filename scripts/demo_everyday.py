@@ -11,13 +11,11 @@ real `modelfs` command line.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-from demo_support import run  # beside this script, on sys.path
+from demo_support import run, standalone  # beside this script, on sys.path
 
 
 def everyday_use(work: Path, env: dict[str, str], model: str = "minilm-ft") -> None:
@@ -73,13 +71,7 @@ def _standalone(work: Path, env: dict[str, str]) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--workdir", type=Path, help="where to build (default: a new temp dir)")
-    args = ap.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="modelfs-everyday-"))
-    work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MODELFS_STORE": str(work / "store"), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1"}
+    work, env = standalone(__doc__, "modelfs-everyday-")
     _standalone(work, env)
     everyday_use(work, env)
     print(f"\neveryday demo done; store in {work}")

@@ -11,14 +11,12 @@ Every step is the real `modelfs` command line.
 
 from __future__ import annotations
 
-import argparse
-import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 from demo_support import run as run_shown
+from demo_support import standalone
 
 EVAL = Path(__file__).resolve().parent / "benchlib" / "lossy_eval.py"
 
@@ -44,12 +42,7 @@ def lossy_import(work: Path, env: dict[str, str], base: str = "minilm@1", finetu
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--workdir", type=Path, help="where to build (default: a new temp dir)")
-    args = ap.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="modelfs-demo-lossy-"))
-    work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MODELFS_STORE": str(work / "store"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    work, env = standalone(__doc__, "modelfs-demo-lossy-")
     from modelfs.demo.lineage import build_lineage
 
     steps = build_lineage(work / "lineage", kinds={"minilm-ft@1"})

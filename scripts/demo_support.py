@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 BIN = Path(sys.executable).parent / "modelfs"
@@ -29,3 +32,17 @@ def run(*args: str, env: dict[str, str], ok: tuple[int, ...] = (0,), quiet: bool
         last = (out.stderr or out.stdout or "").strip().splitlines()[-1:] or [""]
         raise SystemExit(f"modelfs {args[0]} exited {out.returncode}: {last[0]}")
     return out.stdout
+
+
+def demo_env(store: Path) -> dict[str, str]:
+    """The environment every step runs `modelfs` in: this store, and no hub to reach."""
+    return {**os.environ, "MODELFS_STORE": str(store), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def standalone(doc: str | None, prefix: str) -> tuple[Path, dict[str, str]]:
+    """A step run on its own: ``--workdir`` (default a new temp dir) and its store's env."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--workdir", type=Path, help="where to build (default: a new temp dir)")
+    work = ap.parse_args().workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return work, demo_env(work / "store")

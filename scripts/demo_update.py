@@ -10,18 +10,15 @@ lineage below it into a new store there first. Every step is the real `modelfs` 
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from demo_support import BIN  # beside this script, on sys.path
+from demo_support import BIN, standalone  # beside this script, on sys.path
 from demo_support import run as run_shown
 
 # The fine-tune recipe: loads {parent} (a read-only directory of a mount of the store) with
@@ -158,13 +155,8 @@ def cascading_update(work: Path, env: dict[str, str], base_model: str = "minilm"
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--workdir", type=Path, help="where to build (default: a new temp dir)")
-    args = ap.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="modelfs-demo-update-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work, env = standalone(__doc__, "modelfs-demo-update-")
     store = work / "store"
-    env = {**os.environ, "MODELFS_STORE": str(store), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     from modelfs.demo.lineage import build_lineage
 
     lineage = work / "lineage"
