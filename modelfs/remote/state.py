@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -183,21 +183,13 @@ class Remote:
         """Every record of the metadata packs (or of `packs`), each checked against its index."""
         wanted = [i for i in held.indexes.values() if i.kind == KIND_META and (packs is None or i.pack in packs)]
 
-        def load(idx: PackIndex) -> dict[tuple[str, bytes], bytes]:
-            data = self.store.get(pack_key(idx.pack))
+        def whole(span: Span) -> bytes:
+            data = self.store.get(pack_key(span.pack))
             if data is None:
-                raise NotFound(f"{self.where()}: pack {idx.pack} is missing though its index is there")
-            got = cut(Span(idx.pack, 0, idx.size, idx.entries), data, self.where())
-            if progress:
-                progress(len(data))
-            return {(e.table, e.key): unpack_meta(got[e.key], f"{e.table} record {e.key.hex()}")
-                    for e in idx.entries}
+                raise NotFound(f"{self.where()}: pack {span.pack} is missing though its index is there")
+            return data
 
-        out: dict[tuple[str, bytes], bytes] = {}
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            for part in pool.map(load, wanted):
-                out.update(part)
-        return out
+        return self._unpacked([Span(i.pack, 0, i.size, i.entries) for i in wanted], whole, progress)
 
     def records(self, held: Holdings, wanted: list[tuple[str, bytes]],
                 progress: Callable[[int], None] | None = None) -> dict[tuple[str, bytes], bytes]:
@@ -207,8 +199,16 @@ class Remote:
         if not entries:
             return {}
 
+        def ranged(span: Span) -> bytes:
+            return self.store.get_range(pack_key(span.pack), span.start, span.end - span.start)
+
+        return self._unpacked(coalesce(entries, gap=64 << 10), ranged, progress)
+
+    def _unpacked(self, spans: Iterable[Span], fetch: Callable[[Span], bytes],
+                  progress: Callable[[int], None] | None) -> dict[tuple[str, bytes], bytes]:
+        """The metadata records of these spans, fetched 8 at a time, each checked against its index."""
         def load(span: Span) -> dict[tuple[str, bytes], bytes]:
-            data = self.store.get_range(pack_key(span.pack), span.start, span.end - span.start)
+            data = fetch(span)
             got = cut(span, data, self.where())
             if progress:
                 progress(len(data))
@@ -217,7 +217,7 @@ class Remote:
 
         out: dict[tuple[str, bytes], bytes] = {}
         with ThreadPoolExecutor(max_workers=8) as pool:
-            for part in pool.map(load, coalesce(entries, gap=64 << 10)):
+            for part in pool.map(load, spans):
                 out.update(part)
         return out
 
