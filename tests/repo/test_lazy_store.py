@@ -7,6 +7,7 @@ full store on first read, are checked against their blake3, and are kept locally
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
@@ -116,25 +117,31 @@ def test_a_delta_tensor_and_its_chain_come_in_one_call(full: Path, tmp_path: Pat
         assert source.counters.chunks == len(set(t.chunks) | bases)
 
 
+def in_threads(call: Callable[[], bytes], n: int = 4) -> tuple[list[bytes], list[BaseException]]:
+    """``call`` in ``n`` threads at once: what they returned and what they raised."""
+    out: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            out.append(call())
+        except BaseException as e:  # noqa: BLE001  the caller checks them
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return out, errors
+
+
 def test_concurrent_readers_fetch_each_chunk_once(full: Path, tmp_path: Path) -> None:
     repo, source = _lazy(full, tmp_path / "lazy")
     with repo:
         v = repo.resolve("m@2")
         reader = repo.open_file(v.files["model.safetensors"])
-        out: list[bytes] = []
-        errors: list[BaseException] = []
-
-        def read() -> None:
-            try:
-                out.append(reader.read(0, reader.size))
-            except BaseException as e:  # noqa: BLE001  reported below
-                errors.append(e)
-
-        threads = [threading.Thread(target=read) for _ in range(4)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        out, errors = in_threads(lambda: reader.read(0, reader.size))
         assert not errors
         assert len(set(out)) == 1 and blake3.blake3(out[0]).digest() == v.files["model.safetensors"].key
         assert repo.flush_fetched(10)
@@ -228,18 +235,6 @@ def test_readers_waiting_on_a_failed_fetch_get_the_remote_error(full: Path, tmp_
         repo.attach_chunk_source(DeferredSource("origin", unreachable))
         reader = repo.open_file(repo.resolve("m@1").files["model.safetensors"])
         t = next(iter(reader.record.tensors()))
-        errors: list[BaseException] = []
-
-        def read() -> None:
-            try:
-                reader.read(t.offset, 4096)
-            except BaseException as e:  # noqa: BLE001  checked below
-                errors.append(e)
-
-        threads = [threading.Thread(target=read) for _ in range(4)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        _, errors = in_threads(lambda: reader.read(t.offset, 4096))
         assert len(errors) == 4 and all(isinstance(e, RemoteUnavailable) for e in errors), errors
         assert all("origin" in str(e) for e in errors)
