@@ -202,9 +202,16 @@ class ChunkCache:
                 ev.set()
 
     def decode(self, key: bytes, verify: bool | None = None) -> bytes:
+        verify = self.verify if verify is None else verify
+        # In place: the record is read from the store's own pages (no copy of MBs of
+        # payload), so the transaction stays open until the decoded bytes exist.
+        with self._store.read(views=True) as txn:
+            view = txn.get("chunks", key)
+            if view is not None:
+                return self._decode(key, view, verify)
         raw, fetched = self._raw(key)
         if not fetched:
-            return self._decode(key, raw, self.verify if verify is None else verify)
+            return self._decode(key, raw, verify)
         lz = self.lazy
         assert lz is not None
         try:  # a fetched record is always checked, and kept only once it passed
@@ -216,7 +223,7 @@ class ChunkCache:
         lz.accepted(key, raw)
         return data
 
-    def _decode(self, key: bytes, raw: bytes, verify: bool) -> bytes:
+    def _decode(self, key: bytes, raw: bytes | memoryview, verify: bool) -> bytes:
         try:
             rec = ChunkRecord.from_bytes(raw)
         except ModelfsError:
@@ -233,6 +240,8 @@ class ChunkCache:
         except Exception as e:  # damaged payloads fail inside zstd, struct or numpy
             raise CorruptData(f"chunk {key.hex()} cannot be decoded ({type(e).__name__}: {e}): "
                               "store damaged, run `modelfs fsck`") from e
+        if type(data) is not bytes:  # never keep a view of the record: it may be the store's page
+            data = bytes(data)
         if len(data) != rec.length:
             raise CorruptData(f"chunk {key.hex()} decodes to {len(data)} bytes, expected {rec.length}")
         if verify and chunk_key(data) != key:

@@ -48,7 +48,11 @@ class Store(Protocol):
 
     readonly: bool  # opened read-only (its disk is): write() raises StoreReadOnly
 
-    def read(self) -> AbstractContextManager[ReadTxn]: ...
+    def read(self, views: bool = False) -> AbstractContextManager[ReadTxn]:
+        """A read snapshot. With ``views``, ``get`` returns memoryviews into the store's own
+        pages (no copy: the read path decodes chunk records in place); they are valid only
+        until the transaction ends, so nothing may keep them."""
+        ...
 
     def write(self) -> AbstractContextManager[WriteTxn]: ...
 

@@ -30,7 +30,7 @@ class _LmdbTxn:
         self._txn = txn
         self._dbs = dbs
 
-    def get(self, table: str, key: bytes) -> bytes | None:
+    def get(self, table: str, key: bytes) -> bytes | memoryview | None:
         db = self._dbs[table]
         return None if db is None else self._txn.get(key, db=db)
 
@@ -107,8 +107,8 @@ class LmdbStore:
             return None
 
     @contextmanager
-    def read(self) -> Iterator[_LmdbTxn]:
-        with self.env.begin(write=False) as txn:
+    def read(self, views: bool = False) -> Iterator[_LmdbTxn]:
+        with self.env.begin(write=False, buffers=views) as txn:
             yield _LmdbTxn(txn, self._dbs)
 
     @contextmanager

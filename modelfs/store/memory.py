@@ -10,12 +10,14 @@ from modelfs.store.base import TABLES
 
 
 class _MemTxn:
-    def __init__(self, tables: dict[str, dict[bytes, bytes]], writable: bool) -> None:
+    def __init__(self, tables: dict[str, dict[bytes, bytes]], writable: bool, views: bool = False) -> None:
         self._tables = tables
         self._writable = writable
+        self._views = views
 
-    def get(self, table: str, key: bytes) -> bytes | None:
-        return self._tables[table].get(bytes(key))
+    def get(self, table: str, key: bytes) -> bytes | memoryview | None:
+        v = self._tables[table].get(bytes(key))
+        return memoryview(v) if self._views and v is not None else v
 
     def items(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         t = self._tables[table]
@@ -55,8 +57,8 @@ class MemoryStore:
         self._write_lock = threading.Lock()
 
     @contextmanager
-    def read(self) -> Iterator[_MemTxn]:
-        yield _MemTxn(self._tables, writable=False)
+    def read(self, views: bool = False) -> Iterator[_MemTxn]:
+        yield _MemTxn(self._tables, writable=False, views=views)
 
     @contextmanager
     def write(self) -> Iterator[_MemTxn]:

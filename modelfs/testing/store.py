@@ -185,3 +185,22 @@ class StoreTests:
         before = store.stored_bytes()
         _fill(store, "chunks", {bytes([i]) * 32: bytes([i]) * 100_000 for i in range(20)})
         assert store.stored_bytes() >= before + 20 * 100_000
+
+    def test_views_read_the_stored_bytes_in_place_and_stay_valid_together(self, store: Store) -> None:
+        big = {b"a" * 32: bytes(range(256)) * 8000, b"b" * 32: b"\x07" * 3_000_000}
+        _fill(store, "chunks", big)
+        with store.read(views=True) as txn:
+            got = {k: txn.get("chunks", k) for k in big}  # several views open at once
+            assert txn.get("chunks", b"missing") is None
+            for k, v in big.items():
+                view = got[k]
+                assert isinstance(view, memoryview) and view.readonly and bytes(view) == v
+
+    def test_views_are_a_snapshot_too(self, store: Store) -> None:
+        _fill(store, "chunks", {b"k": b"old" * 2000})
+        with store.read(views=True) as snap:
+            view = snap.get("chunks", b"k")
+            t = threading.Thread(target=lambda: _fill(store, "chunks", {b"k": b"new" * 2000}))
+            t.start()
+            t.join(10)
+            assert view is not None and bytes(view) == b"old" * 2000
