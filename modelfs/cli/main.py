@@ -17,6 +17,7 @@ from modelfs.cli.recipe_cmds import COMMANDS as RECIPE_COMMANDS
 from modelfs.cli.remote_cmds import COMMANDS as REMOTE_COMMANDS
 from modelfs.cli.store_cmds import COMMANDS as STORE_COMMANDS
 from modelfs.cli.test_cmds import COMMANDS as TEST_COMMANDS
+from modelfs.heap import keep_freed_memory
 
 for _command in [*STORE_COMMANDS, *HISTORY_COMMANDS, *DRAFT_COMMANDS, mount_command, umount_command,
                  *OPS_COMMANDS, *TEST_COMMANDS, *RECIPE_COMMANDS, *CONFIG_COMMANDS,
@@ -26,6 +27,7 @@ for _command in [*STORE_COMMANDS, *HISTORY_COMMANDS, *DRAFT_COMMANDS, mount_comm
 
 def main() -> None:
     """The console script (`[project.scripts] modelfs`), and `python -m modelfs.cli.main`."""
+    keep_freed_memory()  # export and import decode MBs per chunk, as the mount does
     try:
         cli(prog_name="modelfs")
     except BrokenPipeError:  # raised outside a command (by click's own output)

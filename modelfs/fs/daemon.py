@@ -35,6 +35,7 @@ from modelfs.fs.config import MountConfig
 from modelfs.fs.draftsync import Recovery, plan_recovery
 from modelfs.fs.ops import Operations
 from modelfs.fs.staging import StagingArea
+from modelfs.heap import keep_freed_memory
 from modelfs.ops import lossy
 from modelfs.repo import ChunkSource, Repo, set_file_mode, store_access
 
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--debug", action="store_true")
     ap.add_argument("mountpoint", type=Path)
     args = ap.parse_args(argv)
+    keep_freed_memory()
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
