@@ -353,7 +353,7 @@ class Operations(pyfuse3.Operations):
         self.stats.reads += 1
         self.stats.read_bytes += size
         assert h.ahead is not None
-        span = h.ahead.on_read(off, size)
+        span = h.ahead.on_read(off, size, h.reader.tensor_end(off))
         if span is not None and self.nursery is not None:
             cfg = self.core.config
             for a, b in merge_spans(h.reader.chunk_spans(span[0], span[1] - span[0]), cfg.piece):

@@ -142,6 +142,13 @@ class FileReader:
                 spans.append((p.offset + a, p.offset + b))
         return spans
 
+    def tensor_end(self, offset: int) -> int | None:
+        """Where the tensor holding byte `offset` ends; None for bytes outside any tensor."""
+        if not 0 <= offset < self.size:
+            return None
+        p = self.record.parts[max(bisect.bisect_right(self._starts, offset) - 1, 0)]
+        return p.offset + p.nbytes if isinstance(p, StoredTensor) else None
+
     def chunk_keys(self, offset: int, size: int) -> list[bytes]:
         return [p.chunks[c] for p, c, _, _ in self._pieces(offset, size) if isinstance(p, StoredTensor)]
 

@@ -30,12 +30,38 @@ def test_random_reads_do_not_prefetch() -> None:
         assert ra.on_read(off, MiB) is None
 
 
-def test_reading_one_small_tensor_does_not_prefetch() -> None:
-    # safe_open: the header at 0, then one 2.4 MB tensor read in 1 MiB requests
+def test_reading_one_small_tensor_asks_for_the_rest_of_it_and_nothing_more() -> None:
+    # safe_open: the header at 0 (not a tensor), then one 2.4 MB tensor read in 1 MiB requests
     ra = ReadAhead(size=90 * MiB, window=16 * MiB, trigger=4 * MiB)
     assert ra.on_read(0, 16 << 10) is None
-    for off in range(40 * MiB, 40 * MiB + 2_400_000, MiB):
-        assert ra.on_read(off, MiB) is None
+    start, end = 40 * MiB, 40 * MiB + 2_400_000
+    spans = [ra.on_read(off, MiB, end) for off in range(start, end, MiB)]
+    assert spans == [(start + MiB, end), None, None]  # decoded in parallel, not fault by fault
+
+
+def test_a_jump_into_a_big_tensor_asks_for_at_most_tensor_cap() -> None:
+    ra = ReadAhead(size=1000 * MiB, window=16 * MiB, trigger=4 * MiB, tensor_cap=32 * MiB)
+    assert ra.on_read(100 * MiB, MiB, 500 * MiB) == (101 * MiB, 133 * MiB)
+    assert ra.on_read(700 * MiB, MiB, None) is None  # a jump to bytes outside tensors
+
+
+def test_one_tensor_read_whole_is_not_a_stream_even_with_the_kernels_read_ahead_past_it() -> None:
+    """A 12 MiB tensor read in 1 MiB requests, the kernel reading 2 MiB past its end: nothing is
+    prefetched beyond the tensor, though more than `trigger` bytes were read in sequence."""
+    ra = ReadAhead(size=1000 * MiB, window=16 * MiB, trigger=8 * MiB, tensor_cap=32 * MiB)
+    t0, t1 = 100 * MiB, 112 * MiB
+    asked = [ra.on_read(off, MiB, t1 if off < t1 else t1 + 4 * MiB) for off in range(t0, t1 + 2 * MiB, MiB)]
+    assert asked[0] == (t0 + MiB, t1)
+    assert all(a is None for a in asked[1:])
+
+
+def test_a_stream_across_tensors_still_reads_ahead_once_past_the_first_tensor() -> None:
+    ra = ReadAhead(size=1000 * MiB, window=16 * MiB, trigger=4 * MiB, tensor_cap=32 * MiB)
+    ends = [10 * MiB * (i + 1) for i in range(100)]  # 10 MiB tensors back to back
+    spans = [ra.on_read(off, MiB, next(e for e in ends if e > off)) for off in range(0, 60 * MiB, MiB)]
+    assert spans[0] == (MiB, 10 * MiB)  # the first tensor's rest
+    later = [s for s in spans[1:] if s]
+    assert later and later[0][0] >= 10 * MiB and later[0][1] - later[0][0] >= 8 * MiB
 
 
 def test_reordered_concurrent_requests_still_count_as_sequential() -> None:

@@ -88,3 +88,15 @@ def test_drafts_and_maintenance_are_built_once_with_the_repo(lineage: Repo) -> N
     assert lineage.drafts() is lineage.drafts()
     assert lineage.maintenance() is lineage.maintenance()
     assert lineage.maintenance().fsck().ok
+
+
+def test_tensor_end_is_where_the_tensor_holding_an_offset_ends(lineage: Repo) -> None:
+    rec = lineage.file_record(lineage.resolve("m@2").files["model.safetensors"])
+    r = lineage.reader(rec)
+    tensors = list(rec.tensors())
+    assert {t.name for t in tensors} == {"w", "b"}
+    for t in tensors:
+        end = t.offset + t.nbytes
+        assert r.tensor_end(t.offset) == r.tensor_end(end - 1) == end
+    assert r.tensor_end(0) is None  # the header is inline bytes
+    assert r.tensor_end(rec.size) is None and r.tensor_end(-1) is None
