@@ -161,6 +161,10 @@ class ChunkCache:
         raw = self._local(key, txn)
         if raw is not None:
             return raw, False
+        return self._from_remote(key)
+
+    def _from_remote(self, key: bytes) -> tuple[bytes, bool]:
+        """A record the store lacks, from the lazy store's remote (see `_raw`)."""
         lz = self.lazy
         if lz is None:
             raise NotFound(f"chunk {key.hex()} is missing from the store")
@@ -209,7 +213,7 @@ class ChunkCache:
             view = txn.get("chunks", key)
             if view is not None:
                 return self._decode(key, view, verify)
-        raw, fetched = self._raw(key)
+        raw, fetched = self._from_remote(key)
         if not fetched:
             return self._decode(key, raw, verify)
         lz = self.lazy
