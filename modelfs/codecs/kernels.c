@@ -1,4 +1,5 @@
-/* The decode kernel of the byte-plane codecs (modelfs/codecs/planes.py).
+/* The decode kernels of the byte-plane codecs (modelfs/codecs/planes.py) and, at the end,
+ * of the quantised deltas (modelfs/codecs/qdelta.py).
  *
  * One pass that interleaves byte planes back into elements and, for a delta, applies the
  * residual to its prediction (XOR of the bit patterns, or the zigzag-coded integer
@@ -143,14 +144,98 @@ done:
     return result;
 }
 
+/* The rebuild of the quantised-delta codecs (modelfs/codecs/qdelta.py): element i is
+ *     pred[i] + (T)unzigzag(z[i]) * (T)(-step)
+ * in T = float (isz 4) or double (isz 8): one multiply, one add, each rounded by IEEE, never
+ * fused (the file is built with -ffp-contract=off), so numpy, this loop and any later build
+ * agree bit for bit. Then the exceptions: (index, bit pattern) pairs written over the result. */
+#define REBUILD_LOOP(T, Z)                                                            \
+    for (Py_ssize_t i = 0; i < n; i++) {                                              \
+        uint32_t u = ((const Z *)z)[i];                                                \
+        int32_t k = (int32_t)((u >> 1) ^ (0u - (u & 1u)));                            \
+        T v = (T)k * s;                                                               \
+        v = v + ((const T *)pred)[i];                                                 \
+        memcpy(out + i * sizeof(T), &v, sizeof(T));                                   \
+    }
+
+#define REBUILD(T)                                                                    \
+    {                                                                                 \
+        const T s = (T)(-step);                                                       \
+        if (width == 1) REBUILD_LOOP(T, uint8_t)                                      \
+        else if (width == 2) REBUILD_LOOP(T, uint16_t)                                \
+        else REBUILD_LOOP(T, uint32_t)                                                \
+    }
+
+static void rebuild(unsigned char *restrict out, const unsigned char *restrict z, int width,
+                    const unsigned char *restrict pred, Py_ssize_t n, double step, int isz) {
+    if (isz == 4) REBUILD(float) else REBUILD(double)
+}
+
+PyDoc_STRVAR(rebuild_doc,
+"rebuild(codes, width, pred, step, itemsize, exc_idx=b'', exc_bits=b'') -> bytes\n\n"
+"The bit patterns of pred + unzigzag(codes) * -step, element by element, in float32\n"
+"(itemsize 4) or float64 (itemsize 8); codes are little-endian unsigned integers of\n"
+"width 1, 2 or 4 bytes, pred the prediction's values. Then exc_bits[j] (itemsize bytes\n"
+"each) is written over element exc_idx[j] (uint32).");
+
+static PyObject *kernel_rebuild(PyObject *self, PyObject *args) {
+    Py_buffer zv, predv, idxv = {0}, excv = {0};
+    int width, isz;
+    double step;
+    if (!PyArg_ParseTuple(args, "y*iy*di|y*y*", &zv, &width, &predv, &step, &isz, &idxv, &excv))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = isz > 0 ? predv.len / isz : 0;
+    Py_ssize_t nexc = idxv.obj ? idxv.len / 4 : 0;
+    if ((isz != 4 && isz != 8) || (width != 1 && width != 2 && width != 4)) {
+        PyErr_SetString(PyExc_ValueError, "rebuild: itemsize 4 or 8, code width 1, 2 or 4");
+        goto done;
+    }
+    if (predv.len % isz || zv.len != n * width) {
+        PyErr_Format(PyExc_ValueError, "rebuild: %zd bytes of codes for %zd bytes of prediction",
+                     zv.len, predv.len);
+        goto done;
+    }
+    if ((idxv.obj && idxv.len % 4) || (excv.obj ? excv.len : 0) != nexc * isz) {
+        PyErr_SetString(PyExc_ValueError, "rebuild: exceptions need one bit pattern per uint32 index");
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j < nexc; j++) {
+        uint32_t at;
+        memcpy(&at, (const unsigned char *)idxv.buf + 4 * j, 4);
+        if ((Py_ssize_t)at >= n) {
+            PyErr_Format(PyExc_ValueError, "rebuild: exception index %u beyond %zd elements", at, n);
+            goto done;
+        }
+    }
+    result = PyBytes_FromStringAndSize(NULL, predv.len);
+    if (!result) goto done;
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    Py_BEGIN_ALLOW_THREADS
+    rebuild(out, zv.buf, width, predv.buf, n, step, isz);
+    for (Py_ssize_t j = 0; j < nexc; j++) {
+        uint32_t at;
+        memcpy(&at, (const unsigned char *)idxv.buf + 4 * j, 4);
+        memcpy(out + (Py_ssize_t)at * isz, (const unsigned char *)excv.buf + j * isz, (size_t)isz);
+    }
+    Py_END_ALLOW_THREADS
+done:
+    PyBuffer_Release(&zv);
+    PyBuffer_Release(&predv);
+    if (idxv.obj) PyBuffer_Release(&idxv);
+    if (excv.obj) PyBuffer_Release(&excv);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"join", kernel_join, METH_VARARGS, join_doc},
+    {"rebuild", kernel_rebuild, METH_VARARGS, rebuild_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "modelfs.codecs.kernels",
-    "The compiled decode kernel of the byte-plane codecs (see kernels.c).", -1, methods,
+    "The compiled decode kernels of the byte-plane and quantised-delta codecs (see kernels.c).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit_kernels(void) { return PyModule_Create(&module); }

@@ -14,7 +14,8 @@ Codes are stored negated (k = -c) so that a zero code adds -0.0, which leaves ev
 prediction bit-exact (+0.0 would turn -0.0 into +0.0). NaN, infinities, codes beyond the
 exact-integer range of the arithmetic, and anything that would overflow are exceptions:
 (index, bit pattern) pairs applied last, so such elements are always kept exactly. The
-arithmetic is numpy float32 (float64 for F64) multiply then add, which IEEE fixes bit for bit.
+arithmetic is float32 (float64 for F64) multiply then add, which IEEE fixes bit for bit; it runs
+in the compiled kernel (kernels.c), for encode and decode alike.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import zstandard
 
 from modelfs import numerics
+from modelfs.codecs import kernels
 from modelfs.codecs.base import EncodeContext, register_codec
 from modelfs.codecs.planes import zstd_compress, zstd_decompress
 from modelfs.dtypes import DType
@@ -66,23 +68,29 @@ def _prediction(ctx: EncodeContext) -> tuple[np.ndarray, np.ndarray]:
     return p, numerics.bits(numerics.narrow(p, dt), dt.itemsize)
 
 
-def _rebuild(pred: np.ndarray, codes: np.ndarray, step: float, dt: DType) -> np.ndarray:
-    """Bit patterns of narrow(pred + codes * -step): the one formula encode and decode share."""
+def _rebuild(pred: np.ndarray, z: np.ndarray, step: float, dt: DType,
+             idx: np.ndarray | None = None, exc: np.ndarray | None = None) -> bytes:
+    """The bytes of narrow(pred + unzigzag(z) * -step), then the exceptions written over it.
+
+    The one formula encode and decode share, in the compiled kernel (float32 or float64
+    arithmetic, multiply then add, never fused); the half types are then rounded by `narrow`.
+    """
     ft = numerics.float_type(dt)
-    with np.errstate(over="ignore", invalid="ignore"):
-        vals = codes.astype(ft)
-        np.multiply(vals, ft(-step), out=vals)
-        np.add(vals, pred, out=vals)
-    return numerics.bits(numerics.narrow(vals, dt), dt.itemsize)
+    pred = np.ascontiguousarray(pred, dtype=ft)
+    wide = dt.name in ("F32", "F64")
+    no = np.empty(0, np.uint32)
+    out = kernels.rebuild(z, z.itemsize, pred, step, pred.itemsize,
+                          *((no, no) if idx is None or not wide else (idx, exc)))
+    if wide:
+        return out
+    bits = numerics.bits(numerics.narrow(np.frombuffer(out, ft), dt), dt.itemsize)
+    if idx is not None and len(idx):
+        bits[idx] = exc
+    return bits.tobytes()
 
 
 def _zigzag(k: np.ndarray) -> np.ndarray:
     return ((k << 1) ^ (k >> 31)).astype(np.uint32)
-
-
-def _unzigzag(z: np.ndarray) -> np.ndarray:
-    z = z.astype(np.int32)
-    return (z >> 1) ^ -(z & 1)
 
 
 def _codes(data: bytes, ctx: EncodeContext, step: float, exact: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -101,7 +109,7 @@ def _codes(data: bytes, ctx: EncodeContext, step: float, exact: bool) -> tuple[n
         q = (pred - x) / ft(step)
         ok = np.isfinite(q) & (np.abs(q) < _LIMIT[ft])
         k = np.where(ok, np.rint(q), 0).astype(np.int32)
-    rbits = _rebuild(pred, k, step, dt) if k.any() else pbits
+    rbits = numerics.bits(_rebuild(pred, _zigzag(k), step, dt), dt.itemsize) if k.any() else pbits
     # non-finite values never go through the arithmetic (NaN payloads, SIMD order): kept as they are
     exc = ~ok | ~np.isfinite(pred)
     if exact:
@@ -192,18 +200,17 @@ class QDeltaCodec:
         n = length // dt.itemsize
         pos = _HEAD.size
         pred, pbits = _prediction(ctx)
+        idx = exc = None
+        if nexc:
+            raw = zstd_decompress(payload[pos + ncodes:], nexc * (4 + dt.itemsize))
+            idx = np.frombuffer(raw, dtype=np.uint32, count=nexc)
+            exc = np.frombuffer(raw, dtype=pbits.dtype, offset=4 * nexc, count=nexc)
         if width:
             z = np.frombuffer(zstd_decompress(payload[pos:pos + ncodes], n * width), dtype=_WIDTH[width])
-            out = _rebuild(pred, _unzigzag(z), step, dt)
-        else:
-            out = pbits.copy()
-        pos += ncodes
+            return _rebuild(pred, z, step, dt, idx, exc)
+        out = pbits.copy()
         if nexc:
-            raw = zstd_decompress(payload[pos:], nexc * (4 + dt.itemsize))
-            idx = np.frombuffer(raw, dtype=np.uint32, count=nexc)
-            if not out.flags.writeable:
-                out = out.copy()
-            out[idx] = np.frombuffer(raw, dtype=pbits.dtype, offset=4 * nexc, count=nexc)
+            out[idx] = exc
         return out.tobytes()
 
 

@@ -1,4 +1,4 @@
-"""The compiled decode kernel (modelfs/codecs/kernels.c) against a numpy statement of what it does.
+"""The compiled kernels (modelfs/codecs/kernels.c) against a numpy statement of what they do.
 
 The oracle here is the definition, written for the test only: planes interleaved into
 elements, then the residual applied to the prediction (XOR, or zigzag codes added with
@@ -111,3 +111,60 @@ def test_a_truncated_plane_payload_is_an_error_not_short_output() -> None:
     payload = encode_planes(np.arange(64, dtype=np.float32).tobytes(), 4)
     with pytest.raises((ValueError, zstandard.ZstdError)):  # the chunk reader makes either CorruptData
         decode_planes(memoryview(payload[:-7]), 256)
+
+
+def rebuild_oracle(z: np.ndarray, pred: np.ndarray, step: float, idx: np.ndarray, exc: np.ndarray) -> bytes:
+    """numpy's statement of the qdelta rebuild (what the codec ran before the kernel had it)."""
+    ft = pred.dtype.type
+    zi = z.astype(np.int64)
+    k = ((zi >> 1) ^ -(zi & 1)).astype(np.int32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        vals = k.astype(ft)
+        np.multiply(vals, ft(-step), out=vals)
+        np.add(vals, pred, out=vals)
+    out = vals.view(np.uint32 if ft is np.float32 else np.uint64).copy()
+    out[idx] = exc
+    return out.tobytes()
+
+
+@st.composite
+def rebuild_cases(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]:
+    isz = draw(st.sampled_from([4, 8]))
+    width = draw(st.sampled_from([1, 2, 4]))
+    n = draw(st.integers(0, 200))
+    ft, ut = (np.float32, np.uint32) if isz == 4 else (np.float64, np.uint64)
+    # random bit patterns (NaN payloads, infinities, denormals) mixed with ordinary weights
+    pred = np.frombuffer(draw(st.binary(min_size=n * isz, max_size=n * isz)), dtype=ft).copy()
+    ordinary = np.array(draw(st.lists(st.floats(-1, 1, width=32), min_size=n, max_size=n)), dtype=ft)
+    keep = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool)
+    pred[keep] = ordinary[keep]
+    if n:
+        pred[: len(SPECIAL_F32)] = SPECIAL_F32[: n].astype(ft)
+    top = {1: 0xFF, 2: 0xFFFF, 4: (1 << 24) - 1}[width]
+    z = np.array(draw(st.lists(st.integers(0, top), min_size=n, max_size=n)),
+                 dtype={1: np.uint8, 2: np.uint16, 4: np.uint32}[width])
+    step = draw(st.sampled_from([1e-7, 3.3e-5, 0.5, 1e-30, 3e38, 1e300]))
+    idx = np.array(draw(st.lists(st.integers(0, max(n - 1, 0)), max_size=min(n, 8))), dtype=np.uint32)
+    exc = np.frombuffer(draw(st.binary(min_size=len(idx) * isz, max_size=len(idx) * isz)), dtype=ut)
+    return z, pred, step, idx, exc
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=rebuild_cases())
+def test_rebuild_matches_numpy_bit_for_bit(case: tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]) -> None:
+    """Chunks stored before the kernel took the rebuild still decode byte-exact: same IEEE steps."""
+    z, pred, step, idx, exc = case
+    got = kernels.rebuild(z, z.itemsize, pred, step, pred.itemsize, idx, exc)
+    assert got == rebuild_oracle(z, pred, step, idx, exc)
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda: kernels.rebuild(b"ab", 1, b"\0" * 4, 0.1, 4), "2 bytes of codes for 4 bytes"),
+    (lambda: kernels.rebuild(b"a", 3, b"\0" * 4, 0.1, 4), "code width 1, 2 or 4"),
+    (lambda: kernels.rebuild(b"a", 1, b"\0" * 2, 0.1, 2), "itemsize 4 or 8"),
+    (lambda: kernels.rebuild(b"a", 1, b"\0" * 4, 0.1, 4, b"\1\0\0\0", b"\0" * 4), "index 1 beyond 1"),
+    (lambda: kernels.rebuild(b"a", 1, b"\0" * 4, 0.1, 4, b"\0\0\0\0", b"\0" * 3), "one bit pattern"),
+])
+def test_malformed_rebuilds_raise_instead_of_writing_past_a_buffer(call, says: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=says):
+        call()
