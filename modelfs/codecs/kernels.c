@@ -18,6 +18,8 @@
 #endif
 
 enum { OP_NONE = 0, OP_XOR = 1, OP_SUB = 2 };
+/* The signed integer a zigzag code of type T stands for (0, -1, 1, -2, ...), wrapped to T. */
+#define UNZIGZAG(T, v) ((T)((T)((v) >> 1) ^ (T)(0 - ((v) & 1))))
 #define MAX_PLANES 16
 
 /* Element i from its planes, as an unsigned integer of N bytes (little-endian order), then
@@ -45,7 +47,7 @@ enum { OP_NONE = 0, OP_XOR = 1, OP_SUB = 2 };
             ELEMENT(T, N)                                                             \
             T q;                                                                      \
             memcpy(&q, pred + i * (N), (N));                                          \
-            v = (T)((T)(v >> 1) ^ (T)(0 - (v & 1))) + q;                              \
+            v = (T)(UNZIGZAG(T, v) + q);                                              \
             memcpy(out + i * (N), &v, (N));                                           \
         }                                                                             \
     }
@@ -65,7 +67,7 @@ static void join(unsigned char *restrict out, const unsigned char *const *p, Py_
         if (op == OP_SUB && isz == 1)  /* one plane: the codes are whole elements */
             for (Py_ssize_t i = 0; i < n; i++) {
                 unsigned char v = out[i];
-                out[i] = (unsigned char)(((v >> 1) ^ (unsigned char)(0 - (v & 1))) + pred[i]);
+                out[i] = (unsigned char)(UNZIGZAG(unsigned char, v) + pred[i]);
             }
     }
 }
@@ -152,7 +154,7 @@ done:
 #define REBUILD_LOOP(T, Z)                                                            \
     for (Py_ssize_t i = 0; i < n; i++) {                                              \
         uint32_t u = ((const Z *)z)[i];                                                \
-        int32_t k = (int32_t)((u >> 1) ^ (0u - (u & 1u)));                            \
+        int32_t k = (int32_t)UNZIGZAG(uint32_t, u);                                   \
         T v = (T)k * s;                                                               \
         v = v + ((const T *)pred)[i];                                                 \
         memcpy(out + i * sizeof(T), &v, sizeof(T));                                   \
@@ -200,25 +202,28 @@ static PyObject *kernel_rebuild(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "rebuild: exceptions need one bit pattern per uint32 index");
         goto done;
     }
-    for (Py_ssize_t j = 0; j < nexc; j++) {
-        uint32_t at;
-        memcpy(&at, (const unsigned char *)idxv.buf + 4 * j, 4);
-        if ((Py_ssize_t)at >= n) {
-            PyErr_Format(PyExc_ValueError, "rebuild: exception index %u beyond %zd elements", at, n);
-            goto done;
-        }
-    }
     result = PyBytes_FromStringAndSize(NULL, predv.len);
     if (!result) goto done;
     unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    uint32_t bad = 0;
+    int beyond = 0;
     Py_BEGIN_ALLOW_THREADS
     rebuild(out, zv.buf, width, predv.buf, n, step, isz);
-    for (Py_ssize_t j = 0; j < nexc; j++) {
+    for (Py_ssize_t j = 0; j < nexc && !beyond; j++) {
         uint32_t at;
         memcpy(&at, (const unsigned char *)idxv.buf + 4 * j, 4);
-        memcpy(out + (Py_ssize_t)at * isz, (const unsigned char *)excv.buf + j * isz, (size_t)isz);
+        if ((Py_ssize_t)at >= n) {
+            bad = at;
+            beyond = 1;
+        } else {
+            memcpy(out + (Py_ssize_t)at * isz, (const unsigned char *)excv.buf + j * isz, (size_t)isz);
+        }
     }
     Py_END_ALLOW_THREADS
+    if (beyond) {
+        Py_CLEAR(result);
+        PyErr_Format(PyExc_ValueError, "rebuild: exception index %u beyond %zd elements", bad, n);
+    }
 done:
     PyBuffer_Release(&zv);
     PyBuffer_Release(&predv);

@@ -78,9 +78,8 @@ def _rebuild(pred: np.ndarray, z: np.ndarray, step: float, dt: DType,
     ft = numerics.float_type(dt)
     pred = np.ascontiguousarray(pred, dtype=ft)
     wide = dt.name in ("F32", "F64")
-    no = np.empty(0, np.uint32)
-    out = kernels.rebuild(z, z.itemsize, pred, step, pred.itemsize,
-                          *((no, no) if idx is None or not wide else (idx, exc)))
+    exceptions = (idx, exc) if wide and idx is not None else ()
+    out = kernels.rebuild(z, z.itemsize, pred, step, pred.itemsize, *exceptions)
     if wide:
         return out
     bits = numerics.bits(numerics.narrow(np.frombuffer(out, ft), dt), dt.itemsize)
@@ -94,7 +93,7 @@ def _zigzag(k: np.ndarray) -> np.ndarray:
 
 
 def _codes(data: bytes, ctx: EncodeContext, step: float, exact: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(codes, exception indices, exception bit patterns) for `data` against the prediction.
+    """(zigzag codes, exception indices, exception bit patterns) for `data` against the prediction.
 
     `exact`: every element the codes do not reproduce is an exception (a lossless encode).
     Otherwise only elements the grid cannot represent are: non-finite values (of the chunk or
@@ -108,8 +107,8 @@ def _codes(data: bytes, ctx: EncodeContext, step: float, exact: bool) -> tuple[n
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         q = (pred - x) / ft(step)
         ok = np.isfinite(q) & (np.abs(q) < _LIMIT[ft])
-        k = np.where(ok, np.rint(q), 0).astype(np.int32)
-    rbits = numerics.bits(_rebuild(pred, _zigzag(k), step, dt), dt.itemsize) if k.any() else pbits
+        z = _zigzag(np.where(ok, np.rint(q), 0).astype(np.int32))
+    rbits = numerics.bits(_rebuild(pred, z, step, dt), dt.itemsize) if z.any() else pbits
     # non-finite values never go through the arithmetic (NaN payloads, SIMD order): kept as they are
     exc = ~ok | ~np.isfinite(pred)
     if exact:
@@ -117,11 +116,10 @@ def _codes(data: bytes, ctx: EncodeContext, step: float, exact: bool) -> tuple[n
     else:
         exc |= ~np.isfinite(numerics.widen(rbits.view(np.uint8), dt))
     idx = np.flatnonzero(exc).astype(np.uint32)
-    return k, idx, xbits[idx]
+    return z, idx, xbits[idx]
 
 
-def _payload(k: np.ndarray, idx: np.ndarray, vals: np.ndarray, step: float) -> bytes:
-    z = _zigzag(k)
+def _payload(z: np.ndarray, idx: np.ndarray, vals: np.ndarray, step: float) -> bytes:
     top = int(z.max()) if len(z) else 0
     width = 0 if top == 0 else next(w for w in (1, 2, 4) if top < 1 << (8 * w))
     codes = (zstandard.ZstdCompressor(compression_params=_CODE_PARAMS).compress(z.astype(_WIDTH[width]).tobytes())
@@ -143,11 +141,11 @@ def quantise(data: bytes, ctx: EncodeContext, step: float, prune: bool = False) 
         raise ValueError(f"the step must be a positive number, not {step}")
     if prune:
         bitmap, inner = _pruned(data, ctx)
-        k, idx, vals = _codes(data, inner, step, exact=False)
-        payload = bitmap + _payload(k, idx, vals, step)
+        z, idx, vals = _codes(data, inner, step, exact=False)
+        payload = bitmap + _payload(z, idx, vals, step)
         return payload, QDELTA_PRUNE.decode(memoryview(payload), len(data), ctx)
-    k, idx, vals = _codes(data, ctx, step, exact=False)
-    payload = _payload(k, idx, vals, step)
+    z, idx, vals = _codes(data, ctx, step, exact=False)
+    payload = _payload(z, idx, vals, step)
     codec = QDELTA if len(ctx.bases) == 1 else QDELTA_AVG
     return payload, codec.decode(memoryview(payload), len(data), ctx)
 
@@ -191,8 +189,8 @@ class QDeltaCodec:
         if len(data) % isz or any(len(b) != len(data) for b in ctx.bases):
             return None
         step = float(ctx.hint.step)
-        k, idx, vals = _codes(data, ctx, step, exact=True)
-        return _payload(k, idx, vals, step)
+        z, idx, vals = _codes(data, ctx, step, exact=True)
+        return _payload(z, idx, vals, step)
 
     def decode(self, payload: memoryview, length: int, ctx: EncodeContext) -> bytes:
         dt = ctx.dtype
@@ -224,8 +222,8 @@ class QDeltaPruneCodec(QDeltaCodec):
         if len(data) % isz or any(len(b) != len(data) for b in ctx.bases):
             return None
         bitmap, inner = _pruned(data, ctx)
-        k, idx, vals = _codes(data, inner, float(ctx.hint.step), exact=True)
-        return bitmap + _payload(k, idx, vals, float(ctx.hint.step))
+        z, idx, vals = _codes(data, inner, float(ctx.hint.step), exact=True)
+        return bitmap + _payload(z, idx, vals, float(ctx.hint.step))
 
     def decode(self, payload: memoryview, length: int, ctx: EncodeContext) -> bytes:
         n = length // ctx.dtype.itemsize
