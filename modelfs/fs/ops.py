@@ -350,13 +350,12 @@ class Operations(pyfuse3.Operations):
         if off >= h.size or size <= 0:
             return b""
         size = min(size, h.size - off)
-        self.stats.reads += 1
-        self.stats.read_bytes += size
+        self.stats.reads, self.stats.read_bytes = self.stats.reads + 1, self.stats.read_bytes + size
         assert h.ahead is not None
         span = h.ahead.on_read(off, size, h.reader.tensor_end(off))
-        if span is not None and self.nursery is not None:
-            cfg = self.core.config
-            for a, b in merge_spans(h.reader.chunk_spans(span[0], span[1] - span[0]), cfg.piece):
+        if span is not None and self.nursery is not None:  # the disk starts on all of it at once
+            self.nursery.start_soon(self._io, h.reader.page_in, span[0], span[1] - span[0])
+            for a, b in merge_spans(h.reader.chunk_spans(span[0], span[1] - span[0]), self.core.config.piece):
                 self.nursery.start_soon(self._prefetch, h.reader, a, b - a)
         return await self._read_entry(h.reader, off, size)
 

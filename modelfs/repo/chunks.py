@@ -23,6 +23,7 @@ from modelfs.store import ReadTxn, Store
 if TYPE_CHECKING:  # both read ChunkRecord from here
     from modelfs.repo.chunksource import ChunkSource
     from modelfs.repo.lazy import LazyFetcher
+    from modelfs.repo.locations import RecordLocations
 
 KEY_LEN = 32
 _VERSION = 1
@@ -105,6 +106,7 @@ class ChunkCache:
         self.counters = counters
         self.verify = verify
         self.lazy: LazyFetcher | None = None
+        self.locations: RecordLocations | None = None  # set by the repo: pages records in ahead
 
     def attach(self, fetcher: LazyFetcher | None) -> None:
         """Fetch records missing from the store through `fetcher` (a lazy store's remote)."""
@@ -117,14 +119,22 @@ class ChunkCache:
         return None if self.lazy is None else self.lazy.source
 
     def ensure(self, keys: list[bytes]) -> None:
-        """On a lazy store, fetch in one batch what decoding `keys` will need and is not here."""
-        lz = self.lazy
-        if lz is None or not keys:
+        """Get ready to decode `keys`: what a lazy store lacks fetched in one batch, and the
+        records (with their base chains) paged in from disk at once rather than fault by fault."""
+        if not keys:
             return
         with self._lock:
             keys = [k for k in keys if k not in self._lru]
-        if keys:
-            lz.ensure(keys)
+        if not keys:
+            return
+        if self.lazy is not None:
+            self.lazy.ensure(keys)
+        self.page_in(keys)
+
+    def page_in(self, keys: list[bytes]) -> None:
+        """Ask the disk for these records and their base chains now (those not decoded here)."""
+        if self.locations is not None:
+            self.locations.page_in(keys, skip=self._lru)
 
     def peek(self, key: bytes) -> bytes | None:
         with self._lock:

@@ -143,7 +143,7 @@ class StoreChunkSource:
         self.store.close()
 
 
-def copy_metadata(src: Store, dst: Store, skip: tuple[str, ...] = ("chunks", "pending")) -> int:
+def copy_metadata(src: Store, dst: Store, skip: tuple[str, ...] = ("chunks", "pending", "locs")) -> int:
     """Every record of `src` but its chunks (and uncommitted work) into `dst`, in one
     transaction: what a lazy clone from a local store holds before its first read."""
     n = 0

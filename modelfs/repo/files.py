@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
 import struct
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -14,6 +15,8 @@ from modelfs.errors import NotFound
 from modelfs.lineage import FileEntry
 from modelfs.repo.chunks import ChunkCache
 from modelfs.store import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +156,7 @@ class FileReader:
         return [p.chunks[c] for p, c, _, _ in self._pieces(offset, size) if isinstance(p, StoredTensor)]
 
     def read(self, offset: int, size: int) -> bytes:
-        if self._cache.lazy is not None:  # one fetch for every chunk of the read
-            self._cache.ensure(self.chunk_keys(offset, size))
+        self._cache.ensure(self.chunk_keys(offset, size))  # one fetch / page-in for the read
         out = []
         for p, c, a, b in self._pieces(offset, size):
             if isinstance(p, StoredInline):
@@ -174,6 +176,13 @@ class FileReader:
                     return None
                 out.append(data[a:b])
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def page_in(self, offset: int, size: int) -> None:
+        """Start the disk on every record a range will decode, before its chunks are decoded."""
+        try:
+            self._cache.page_in(self.chunk_keys(offset, size))
+        except Exception as e:  # noqa: BLE001  a hint: the read that needs the records reports errors
+            log.warning("paging in %d bytes at %d failed: %s", size, offset, e)
 
     def prefetch(self, offset: int, size: int) -> None:
         keys = self.chunk_keys(offset, size)
@@ -234,7 +243,10 @@ class Files:
 
         def submit_upto(n: int) -> None:
             nonlocal idx
-            batch = [k for k, _ in pieces[idx:idx + n - len(futs)] if k is not None] if lazy else []
+            batch = [k for k, _ in pieces[idx:idx + n - len(futs)] if k is not None]
+            if not lazy:  # the window's records paged in at once; a lazy fetch does it in the pool
+                cache.ensure(batch)
+                batch = []
             while idx < len(pieces) and len(futs) < n:
                 key, data = pieces[idx]
                 if key is None:

@@ -342,6 +342,8 @@ class Importer:
         with self.store.write() as txn:
             for table, key, rec in items:
                 txn.put(table, key, rec, overwrite=False)
+        if self.cache.locations is not None:
+            self.cache.locations.note(key for table, key, _ in items if table == "chunks")
 
     def _queue_sketch(self, fkey: bytes, mv: memoryview, parts: Iterable[InlinePart | TensorPart]) -> None:
         """The file's tensor sketch (repo/sketches.py), written with its chunks, so parent

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from modelfs.errors import ModelfsError, NotFound, RemoteStillUnavailable, RemoteUnavailable
 from modelfs.repo.chunks import ChunkRecord
 from modelfs.repo.chunksource import ChunkSource, chain_of
+from modelfs.repo.locations import RecordLocations
 from modelfs.repo.writelock import WriterLock
 from modelfs.store import Store
 
@@ -71,8 +72,10 @@ def _bases(raw: bytes) -> list[bytes]:
 class LazyFetcher:
     """Missing chunk records of one store, from one source; thread-safe."""
 
-    def __init__(self, store: Store, source: ChunkSource, lock: WriterLock) -> None:
+    def __init__(self, store: Store, source: ChunkSource, lock: WriterLock,
+                 locations: RecordLocations | None = None) -> None:
         self.store = store
+        self._locations = locations
         self.source = source
         self._lock = lock
         self._mu = threading.Lock()
@@ -276,9 +279,12 @@ class LazyFetcher:
             with self._mu:
                 items = [(k, self._accepted[k]) for k in batch if k in self._accepted]
             try:
-                with self._lock.hold(), self.store.write() as txn:
-                    for k, raw in items:
-                        txn.put("chunks", k, raw, overwrite=False)
+                with self._lock.hold():
+                    with self.store.write() as txn:
+                        for k, raw in items:
+                            txn.put("chunks", k, raw, overwrite=False)
+                    if self._locations is not None:
+                        self._locations.note(k for k, _ in items)
                 self.stats.add(chunks_kept=len(items))
             except Exception as e:  # noqa: BLE001  keeping is a cache: a full disk costs refetches
                 log.warning("could not keep %d fetched chunks in the store (%s); they will be "

@@ -181,12 +181,18 @@ class Maintenance:
             with self._store.read() as txn:
                 dead_chunks = [(k, len(v)) for k, v in txn.items("chunks") if k not in chunks]
                 dead_files = [k for k in txn.keys("files") if k not in files]
+            located = 0
+            locs = self._cache.locations
             if not dry_run:
                 with self._store.write() as txn:
                     for k, _ in dead_chunks:
                         txn.delete("chunks", k)
+                        if locs is not None:
+                            locs.forget(txn, k)
                     for k in dead_files:
                         txn.delete("files", k)
                         txn.delete(SKETCH_TABLE, sketch_file_key(k))  # its weights' sketch
+                if locs is not None:  # an older store's records get their locations here
+                    located = locs.fill()
         return {"chunks_removed": len(dead_chunks), "files_removed": len(dead_files),
-                "bytes_freed": sum(n for _, n in dead_chunks)}
+                "bytes_freed": sum(n for _, n in dead_chunks), "records_located": located}

@@ -27,6 +27,7 @@ from modelfs.repo.files import FileReader, FileRecord, Files
 from modelfs.repo.history import History, edits_version
 from modelfs.repo.importer import ChunkHints, Importer, Progress, StoreSettings
 from modelfs.repo.lazy import LazyFetcher
+from modelfs.repo.locations import LOCATIONS_KEY, RecordLocations
 from modelfs.repo.lossy import LossyPlan, LossyPlanner
 from modelfs.repo.maintenance import Maintenance
 from modelfs.repo.parents import Inference, Parents
@@ -61,6 +62,8 @@ class Repo:
         self.settings = StoreSettings(**json.loads(raw))
         self.counters = Counters()
         self.cache = ChunkCache(store, cache_bytes, self.counters)
+        self.locations = self.cache.locations = RecordLocations(store)
+        self.locations.load_flag()
         self.graph = LineageGraph()
         self._files = Files(store, self.cache)
         self._lock = WriterLock(store, path)
@@ -91,6 +94,7 @@ class Repo:
         with store.write() as txn:
             if txn.get("meta", _SETTINGS_KEY) is None:
                 txn.put("meta", _SETTINGS_KEY, json.dumps(dataclasses.asdict(settings)).encode())
+                txn.put("meta", LOCATIONS_KEY, b"1")  # every record it gets has a location
         return cls(store, Path(path) if path is not None else None, **kw)
 
     @classmethod
@@ -353,7 +357,7 @@ class Repo:
         """Read missing chunk records through `source` from now on (a lazy store's remote);
         each is checked against its blake3 before use and then kept in this store. The repo
         closes the source (if it has a `close`) when it is replaced or the repo closes."""
-        self.cache.attach(None if source is None else LazyFetcher(self.store, source, self._lock))
+        self.cache.attach(None if source is None else LazyFetcher(self.store, source, self._lock, self.locations))
 
     def attach_lazy_remote(self, opener: Callable[[Repo, str], ChunkSource]) -> str | None:
         """On a lazy store, read missing chunks through ``opener(self, remote)``, called on the

@@ -35,6 +35,7 @@ class Transfer:
         self._store = repo.store
         self._lock = WriterLock(repo.store, repo.path)
         self._recorder = Recorder(repo.store, repo.graph)
+        self._locations = repo.locations
 
     # -- what a set of models needs ----------------------------------------------------------
     def model_closure(self, names: Iterable[str]) -> list[str]:
@@ -130,8 +131,11 @@ class Transfer:
         """Store fetched chunk records (checked by the caller); returns how many were new."""
         if not records:
             return 0
-        with self._lock.hold(), self._store.write() as txn:
-            return sum(txn.put("chunks", k, v, overwrite=False) for k, v in records.items())
+        with self._lock.hold():
+            with self._store.write() as txn:
+                n = sum(txn.put("chunks", k, v, overwrite=False) for k, v in records.items())
+            self._locations.note(records)
+        return n
 
     # -- versions made elsewhere ---------------------------------------------------------------
     def adopt(self, versions: list[Version], files: Mapping[bytes, bytes], sketch: Mapping[bytes, bytes],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol
 
@@ -25,6 +25,7 @@ TABLES: tuple[str, ...] = (
     "results",  # test definition hash + NUL + version id -> test result JSON (ops/results.py)
     "tags",  # model name + NUL + tag -> version id (repo/history.py; refs MODEL:TAG)
     "annotations",  # version id -> JSON list of timed edits read over the record (lineage/overlay.py)
+    "locs",  # chunk key -> where its record lies in the store's file, and its bases (repo/locations.py)
     "remotes",  # remote name -> JSON {"url", "endpoint"}; name + NUL + pack id -> its index (repo/transfer.py)
 )
 
@@ -58,6 +59,19 @@ class Store(Protocol):
 
     def stored_bytes(self) -> int:
         """Bytes the store occupies (pages in use), for `du`."""
+        ...
+
+    # Paging hints (store/filemap.py): a store without a file answers None and ignores them.
+    def offset_of(self, view: memoryview | bytes) -> int | None:
+        """Where a view from ``read(views=True)`` lies in the store's file, if it has one."""
+        ...
+
+    def will_need(self, spans: Iterable[tuple[int, int]]) -> None:
+        """Start reading these (file offset, length) ranges now; a hint, never an error."""
+        ...
+
+    def random_access(self) -> bool:
+        """Stop reading around each page fault (the reader asks for its records itself)."""
         ...
 
     def close(self) -> None: ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import lmdb
 
 from modelfs.errors import ModelfsError, StoreFull, StoreIOError, StoreNotFound, StoreReadOnly
 from modelfs.store.base import TABLES
+from modelfs.store.filemap import FileMap
 
 DEFAULT_MAP_SIZE = 1 << 40  # sparse: LMDB only uses what it writes
 # LMDB answers a short write (the disk filled part way through it) with EIO, not ENOSPC.
@@ -92,6 +93,7 @@ class LmdbStore:
         except lmdb.Error as e:
             self.env.close()
             raise self._write_error(e) from e
+        self._map = FileMap(data)
 
     def _open_table(self, table: str, readonly: bool) -> object | None:
         """A table's database; None for a table a read-only (older) store has not got yet.
@@ -148,5 +150,15 @@ class LmdbStore:
         stat = self.env.stat()
         return (info["last_pgno"] + 1) * stat["psize"]
 
+    def offset_of(self, view: memoryview | bytes) -> int | None:
+        return self._map.offset_of(view)
+
+    def will_need(self, spans: Iterable[tuple[int, int]]) -> None:
+        self._map.will_need(spans)
+
+    def random_access(self) -> bool:
+        return self._map.random_access()
+
     def close(self) -> None:
         self.env.close()
+        self._map.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from modelfs.store.base import TABLES
@@ -69,6 +69,15 @@ class MemoryStore:
 
     def stored_bytes(self) -> int:
         return sum(len(k) + len(v) for t in self._tables.values() for k, v in t.items())
+
+    def offset_of(self, view: memoryview | bytes) -> int | None:
+        return None  # no file: nothing to page in
+
+    def will_need(self, spans: Iterable[tuple[int, int]]) -> None:
+        pass
+
+    def random_access(self) -> bool:
+        return False
 
     def close(self) -> None:
         pass

@@ -48,6 +48,22 @@ class StoreTests:
                 assert got is not None and bytes(got) == v
             assert txn.get("chunks", b"missing") is None
 
+    def test_paging_hints_name_a_view_or_nothing_and_change_no_bytes(self, store: Store) -> None:
+        value = bytes(range(256)) * 4096  # 1 MiB: a record on pages of its own in LMDB
+        _fill(store, "chunks", {b"big": value})
+        assert store.offset_of(b"not a view into the store") is None
+        with store.read(views=True) as txn:
+            view = txn.get("chunks", b"big")
+            assert view is not None
+            off = store.offset_of(view)
+            assert off is None or off >= 0
+            store.will_need([] if off is None else [(off, len(view))])
+            store.will_need([(1 << 50, 4096)])  # past the end: a hint, never an error
+        assert isinstance(store.random_access(), bool)
+        with store.read() as txn:
+            got = txn.get("chunks", b"big")
+            assert got is not None and bytes(got) == value
+
     def test_tables_are_separate(self, store: Store) -> None:
         _fill(store, "files", {b"k": b"in files"})
         with store.read() as txn:

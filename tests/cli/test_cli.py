@@ -188,7 +188,7 @@ def test_json_outputs_parse(populated: Populated, tmp_path: Path) -> None:
     fsck = json.loads(cli("fsck", "--json", store=s).stdout)  # type: ignore[attr-defined]
     assert fsck["ok"] is True and fsck["versions_checked"] == 5
     gc = json.loads(cli("gc", "--dry-run", "--json", store=s).stdout)  # type: ignore[attr-defined]
-    assert gc == {"chunks_removed": 0, "files_removed": 0, "bytes_freed": 0}
+    assert gc == {"chunks_removed": 0, "files_removed": 0, "bytes_freed": 0, "records_located": 0}
     # import --json, on a store of its own
     other = tmp_path / "s2"
     cli("init", store=other)

@@ -224,8 +224,8 @@ class SpyStore(MemoryStore):
         self.tables: set[str] = set()
 
     @contextmanager
-    def read(self) -> Iterator[Any]:
-        with super().read() as txn:
+    def read(self, views: bool = False) -> Iterator[Any]:
+        with super().read(views) as txn:
             spy = self
 
             class Txn:

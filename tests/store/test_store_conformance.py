@@ -53,3 +53,24 @@ def test_lmdb_store_persists_across_reopen(tmp_path: Path) -> None:
             assert txn.get("meta", b"k") == b"v"
     finally:
         s.close()
+
+
+def test_lmdb_store_offset_of_a_view_is_where_its_bytes_lie_in_the_file(tmp_path: Path) -> None:
+    s = LmdbStore(tmp_path / "s", create=True)
+    values = {bytes([i]) * 32: bytes([i]) * (300_000 + 4096 * i) for i in range(1, 6)}
+    try:
+        with s.write() as txn:
+            for k, v in values.items():
+                txn.put("chunks", k, v)
+        with s.read(views=True) as txn, open(tmp_path / "s" / "data.mdb", "rb") as f:
+            for k, v in values.items():
+                view = txn.get("chunks", k)
+                off = s.offset_of(view)
+                assert off is not None
+                f.seek(off)
+                assert f.read(len(v)) == v
+        assert s.random_access() is True  # the map is found and advised
+        with s.read() as txn:
+            assert all(bytes(txn.get("chunks", k)) == v for k, v in values.items())
+    finally:
+        s.close()
