@@ -47,8 +47,15 @@ from typing import Any
 
 from benchlib.common import ROOT, loadavg, log, machine_info, read_file
 from benchlib.mount import Mount
-from benchlib.mount_cases import MODEL, bench_reads, bench_write, build_lineage, cold_mount
-from benchlib.mount_report import TARGETS, ratios, render
+from benchlib.mount_cases import (
+    MODEL,
+    bench_export,
+    bench_reads,
+    bench_write,
+    build_lineage,
+    cold_mount,
+)
+from benchlib.mount_report import TARGETS, TARGETS_READ, ratios, render
 from benchlib.pyspy import make_profiler, pyspy
 
 from modelfs.demo.gpt import WEIGHTS
@@ -83,8 +90,9 @@ def measure(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     """Build the lineage, then the read cases, a profile, the write case: the raw results."""
     work = out_dir / "mount"
     work.mkdir(parents=True, exist_ok=True)
+    targets = {**TARGETS, **{f"read_{k}": v for k, v in TARGETS_READ.items()}}
     res: dict[str, Any] = {"args": vars(args), "machine": machine_info(), "load_start": loadavg(),
-                           "targets": TARGETS, "notes": [], "load_phases": {}}
+                           "targets": targets, "notes": [], "load_phases": {}}
     t_start = time.perf_counter()
     log(f"load average {res['load_start']}")
     exe = None if args.no_profile else pyspy(out_dir)
@@ -102,6 +110,8 @@ def measure(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         res["load_phases"]["reads"] = loadavg()
         log(f"reads (load {res['load_phases']['reads']})")
         bench_reads(m, work, args.depth, args.repeat, res)
+        log("export against cp")
+        bench_export(work, args.depth, args.repeat, res)
         res["profiles"] = []
         if profile is not None:
             log("profile: cold read of the deepest version under py-spy")

@@ -261,6 +261,39 @@ def bench_reads(m: Mount, work: Path, depth: int, repeat: int, res: dict[str, An
     out["mount_start_s"] = [round(x, 2) for x in m.start_s]
 
 
+def bench_export(work: Path, depth: int, repeat: int, res: dict[str, Any]) -> None:
+    """`modelfs export` of the depth-1 and the deepest version against `cp -r` of the same
+    checkpoint directory, each from a cold page cache into a fresh directory on the same disk."""
+    starts = []
+    for _ in range(3):  # the CLI's start-up (Python, torch-free imports), paid by every export
+        t0 = time.perf_counter()
+        run([MODELFS, "--help"])
+        starts.append(time.perf_counter() - t0)
+    out: dict[str, Any] = {"cli_start_s": round(median(starts), 3)}
+    res["export"] = out
+    dest = work / "export-out"
+    for key, ref, local in (("depth1", f"{MODEL}@2", work / "ckpt" / "v1"),
+                            (f"depth{depth}", f"{MODEL}@{depth + 1}", work / "ckpt" / f"v{depth}")):
+        size = sum(p.stat().st_size for p in local.iterdir() if p.is_file())
+        ex, cp = [], []
+        for _ in range(repeat):
+            for runs, argv in ((ex, [MODELFS, "--store", str(work / "store"), "export", ref, str(dest)]),
+                               (cp, ["cp", "-r", str(local), str(dest)])):
+                shutil.rmtree(dest, ignore_errors=True)
+                drop_caches()
+                t0 = time.perf_counter()
+                run(argv)
+                runs.append(time.perf_counter() - t0)
+                assert b3_file(dest / WEIGHTS) == b3_file(local / WEIGHTS), f"{ref}: export differs"
+        shutil.rmtree(dest, ignore_errors=True)
+        out[key] = {"ref": ref, "bytes": size, "export_s": [round(x, 3) for x in ex],
+                    "cp_s": [round(x, 3) for x in cp], "export_MBps": round(size / MB / median(ex), 1),
+                    "cp_MBps": round(size / MB / median(cp), 1),
+                    "vs_cp": round(median(cp) / median(ex), 3)}
+        log(f"  export {ref}: {out[key]['export_MBps']:.0f} MB/s, cp {out[key]['cp_MBps']:.0f} MB/s "
+            f"({out[key]['vs_cp']:.2f}x)")
+
+
 # ---------------------------------------------------------------- write benchmark (issue 4)
 
 
