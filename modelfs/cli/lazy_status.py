@@ -44,8 +44,7 @@ def _mount_counters(store: Path) -> list[dict[str, Any]]:
 
 def fetch_status(repo: Repo) -> dict[str, Any]:
     """The lazy remote (None for a full store), chunks held here, and the mounts' counters."""
-    with repo.read_txn() as txn:
-        held = sum(1 for _ in txn.keys("chunks"))
+    held = repo.chunk_count()
     mounts = _mount_counters(repo.path) if repo.path is not None else []
     return {"lazy_remote": repo.lazy_remote(), "chunks_here": held, "mounts": mounts}
 

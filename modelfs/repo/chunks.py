@@ -160,6 +160,8 @@ class ChunkCache:
                 self._size -= len(old)
 
     def _local(self, key: bytes, txn: ReadTxn | None) -> bytes | None:
+        if self.locations is not None:
+            self.locations.ready(key)
         if txn is not None:
             return txn.get("chunks", key)
         with self._store.read() as t:
@@ -217,6 +219,8 @@ class ChunkCache:
 
     def decode(self, key: bytes, verify: bool | None = None) -> bytes:
         verify = self.verify if verify is None else verify
+        if self.locations is not None:  # whoever reads, the disk never serves it a page a time
+            self.locations.ready(key)
         # In place: the record is read from the store's own pages (no copy of MBs of
         # payload), so the transaction stays open until the decoded bytes exist.
         with self._store.read(views=True) as txn:

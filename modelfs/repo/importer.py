@@ -32,6 +32,7 @@ from modelfs.formats import InlinePart, TensorPart, parse_file
 from modelfs.lineage import FileEntry
 from modelfs.repo.chunks import ChunkCache, ChunkRecord, chunk_key
 from modelfs.repo.files import FileRecord, StoredInline, StoredTensor
+from modelfs.repo.locations import chunk_exists
 from modelfs.repo.sketches import TABLE as SKETCH_TABLE
 from modelfs.repo.sketches import encode as encode_sketch
 from modelfs.repo.sketches import file_key as sketch_key
@@ -222,7 +223,7 @@ class Importer:
                       hints: Sequence[Any] = ()) -> tuple[bytes, bytes | None]:
         key = chunk_key(data)
         with self.store.read() as txn:
-            if txn.get("chunks", key) is not None:
+            if chunk_exists(txn, key):
                 return key, None
         base_sets, base_keys, depths = self._base_sets(bases, dt) if bases else ([], [], [])
         raw = bytes(data)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from modelfs.errors import ModelfsError, NotFound, RemoteStillUnavailable, RemoteUnavailable
 from modelfs.repo.chunks import ChunkRecord
 from modelfs.repo.chunksource import ChunkSource, chain_of
-from modelfs.repo.locations import RecordLocations
+from modelfs.repo.locations import RecordLocations, chunk_exists
 from modelfs.repo.writelock import WriterLock
 from modelfs.store import Store
 
@@ -220,7 +220,7 @@ class LazyFetcher:
 
     def _local(self, key: bytes) -> bool:
         with self.store.read() as txn:
-            return txn.get("chunks", key) is not None
+            return chunk_exists(txn, key)
 
     def _missing(self, keys: Iterable[bytes]) -> list[bytes]:
         with self._mu:
@@ -228,7 +228,7 @@ class LazyFetcher:
         if not cand:
             return []
         with self.store.read() as txn:
-            return [k for k in cand if txn.get("chunks", k) is None]
+            return [k for k in cand if not chunk_exists(txn, k)]
 
     def _claim(self, keys: list[bytes]) -> tuple[list[bytes], list[threading.Event]]:
         mine: list[bytes] = []

@@ -16,15 +16,23 @@ reads as before until `modelfs gc` fills its locations in.
 
 from __future__ import annotations
 
+import logging
 import struct
 import threading
-from collections.abc import Container, Iterable
+import time
+from collections.abc import Container, Iterable, Iterator
+from contextlib import contextmanager
 
+from modelfs.errors import ModelfsError
 from modelfs.repo.chunks import ChunkRecord
 from modelfs.store import ReadTxn, Store, WriteTxn
 
+log = logging.getLogger(__name__)
+
 TABLE = "locs"
 LOCATIONS_KEY = b"locations"  # in meta: every chunk record has a location
+_RECENT = 2.0  # seconds: pages asked for this recently are not asked for again
+_ASKED_MAX = 8192
 _HEAD = struct.Struct("<QIB")  # file offset, record length, number of bases
 _KEY = 32
 
@@ -40,6 +48,26 @@ def decode(raw: bytes | memoryview) -> tuple[int, int, tuple[bytes, ...]]:
     return off, ln, tuple(body[i:i + _KEY] for i in range(0, len(body), _KEY))
 
 
+def chunk_stat(txn: ReadTxn, key: bytes, located: bool = True) -> tuple[int, tuple[bytes, ...]] | None:
+    """A stored chunk's record length and base keys, from its location when it has one (and
+    ``located``): the record's pages are not touched (py-lmdb reads every page of a value it
+    returns). A check of the store (fsck, gc) passes ``located=False``: the record itself."""
+    raw = txn.get(TABLE, key) if located else None
+    if raw is not None:
+        _, length, bases = decode(raw)
+        return length, bases
+    rec = txn.get("chunks", key)
+    if rec is None:
+        return None
+    return len(rec), tuple(b for b, _ in ChunkRecord.from_bytes(rec).bases)
+
+
+def chunk_exists(txn: ReadTxn, key: bytes) -> bool:
+    """Whether the store holds this chunk, without reading its record where it has a location
+    (a location is written after its chunk and deleted with it)."""
+    return txn.get(TABLE, key) is not None or txn.get("chunks", key) is not None
+
+
 class RecordLocations:
     """Notes where records were written and pages them in, with their base chains, on demand."""
 
@@ -47,6 +75,7 @@ class RecordLocations:
         self._store = store
         self._known: dict[bytes, tuple[int, int, tuple[bytes, ...]] | None] = {}
         self._lock = threading.Lock()
+        self._asked: dict[bytes, float] = {}  # key -> when its pages were last asked for
         self.complete = False  # set by `load_flag`: every record has a location
         self.pages_asked = 0  # records paged in through their location (for status and tests)
 
@@ -55,8 +84,19 @@ class RecordLocations:
         with self._store.read() as txn:
             self.complete = txn.get("meta", LOCATIONS_KEY) is not None
         if self.complete:
-            self._store.random_access()
+            self._store.random_access(True)
         return self.complete
+
+    @contextmanager
+    def scanning(self) -> Iterator[None]:
+        """Around a walk over every record (fsck, gc): the map reads ahead again meanwhile."""
+        if self.complete:
+            self._store.random_access(False)
+        try:
+            yield
+        finally:
+            if self.complete:
+                self._store.random_access(True)
 
     def mark_complete(self, txn: WriteTxn) -> None:
         txn.put("meta", LOCATIONS_KEY, b"1")
@@ -77,9 +117,13 @@ class RecordLocations:
                     found[k] = encode(off, len(view), (b for b, _ in ChunkRecord.from_bytes(view).bases))
         if not found:
             return 0
-        with self._store.write() as wt:
-            for k, v in found.items():
-                wt.put(TABLE, k, v)
+        try:
+            with self._store.write() as wt:
+                for k, v in found.items():
+                    wt.put(TABLE, k, v)
+        except ModelfsError as e:  # a hint: the records are stored, they only read slower
+            log.warning("could not note where %d chunk records lie (%s)", len(found), e)
+            return 0
         with self._lock:
             for k in found:
                 self._known.pop(k, None)
@@ -93,7 +137,7 @@ class RecordLocations:
         """Note every chunk that has no location yet, then mark the store complete."""
         if self._store.readonly:
             return 0
-        with self._store.read() as txn:
+        with self.scanning(), self._store.read() as txn:
             todo = self.missing(txn)
         n = sum(self.note(todo[i:i + 256]) for i in range(0, len(todo), 256))
         with self._store.write() as wt:
@@ -129,8 +173,18 @@ class RecordLocations:
             out.update((k, v) for k, v in got.items() if v is not None)
         return out
 
+    def ready(self, key: bytes) -> None:
+        """Just before `key`'s record is read: its chain asked for, its own pages mapped in."""
+        self.page_in([key])
+        loc = self._lookup([key]).get(key)
+        if loc is not None:
+            self._store.map_in(loc[0], loc[1])
+
     def page_in(self, keys: Iterable[bytes], skip: Container[bytes] | None = None) -> int:
-        """Ask the disk now for these records and their base chains (bar those in `skip`)."""
+        """Ask the disk now for these records and their base chains (bar those in `skip`, and
+        those asked for in the last `_RECENT` seconds: a read, its prefetch and each decode
+        all ask for the same chain)."""
+        now = time.monotonic()
         level = [k for k in keys if not skip or k not in skip]
         seen: set[bytes] = set()
         spans: list[tuple[int, int]] = []
@@ -138,7 +192,12 @@ class RecordLocations:
             level = [k for k in dict.fromkeys(level) if k not in seen]
             seen.update(level)
             locs = self._lookup(level)
-            spans += [(off, ln) for off, ln, _ in locs.values()]
+            with self._lock:
+                fresh = [k for k in locs if now - self._asked.get(k, -_RECENT) >= _RECENT]
+                self._asked.update((k, now) for k in fresh)
+                if len(self._asked) > _ASKED_MAX:
+                    self._asked = {k: t for k, t in self._asked.items() if now - t < _RECENT}
+            spans += [locs[k][:2] for k in fresh]
             level = [b for _, _, bs in locs.values() for b in bs if not skip or b not in skip]
         if spans:
             spans.sort()

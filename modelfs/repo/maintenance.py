@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,11 @@ class Maintenance:
         self._drafts = drafts
         self._lock = lock
 
+    def _scan(self) -> AbstractContextManager[None]:
+        """Around a walk over every chunk record: py-lmdb reads each whole, so read ahead."""
+        locs = self._cache.locations
+        return locs.scanning() if locs is not None else nullcontext()
+
     # -- reachability ------------------------------------------------------------------------
     def _lazy_remote(self) -> str | None:
         with self._store.read() as txn:
@@ -74,10 +80,11 @@ class Maintenance:
     def _reachable(self) -> Reachability:
         """What versions and drafts reach (chunk bases included), and their dangling refs.
 
-        On a lazy store a chunk not here is not dangling: its remote holds it.
+        On a lazy store a chunk not here is not dangling: its remote holds it. Every reached
+        record is read, so the map reads ahead meanwhile.
         """
         lazy = self._lazy_remote() is not None
-        with self._store.read() as txn:
+        with self._scan(), self._store.read() as txn:
             reach = Reachability(txn, lazy=lazy)
             for v in self._graph.all_versions(txn):
                 reach.add(v.ref, v.files)
@@ -124,7 +131,7 @@ class Maintenance:
         report.errors += reach.missing
         report.not_fetched_chunks = len(reach.not_fetched)
         report.not_fetched_files = len(reach.incomplete_files)
-        with self._store.read() as txn:
+        with self._scan(), self._store.read() as txn:
             all_chunks = list(txn.keys("chunks"))
             all_files = list(txn.keys("files"))
             models = self._graph.models(txn)
@@ -178,7 +185,7 @@ class Maintenance:
             if reach.missing:
                 raise ModelfsError("store has dangling references; run `modelfs fsck` before gc: "
                                    + reach.missing[0])
-            with self._store.read() as txn:
+            with self._scan(), self._store.read() as txn:
                 dead_chunks = [(k, len(v)) for k, v in txn.items("chunks") if k not in chunks]
                 dead_files = [k for k in txn.keys("files") if k not in files]
             located = 0

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 
 from modelfs.errors import NotFound
 from modelfs.lineage import FileEntry
-from modelfs.repo.chunks import ChunkRecord
 from modelfs.repo.files import FileRecord
+from modelfs.repo.locations import chunk_stat
 from modelfs.store import ReadTxn
 
 
@@ -83,17 +83,18 @@ class Reachability:
             if not read:
                 self.chunks.add(k)
                 continue
-            craw = self._txn.get("chunks", k)
-            if craw is None:
+            # fsck and gc (bases) must see each record itself; du's sizes come from locations
+            st = chunk_stat(self._txn, k, located=not self._bases)
+            if st is None:
                 if self._lazy:
                     self.not_fetched.add(k)
                 else:
                     self.missing.append(f"{where}: chunk {k.hex()} is missing")
                 continue
             self.chunks.add(k)
-            new += len(craw)
+            new += st[0]
             if self._bases:
-                bases = [b for b, _ in ChunkRecord.from_bytes(craw).bases]
+                bases = list(st[1])
                 stack += bases
                 if self._lazy and bases:
                     self._bases_of[k] = bases

@@ -27,7 +27,8 @@ from modelfs.repo.files import FileReader, FileRecord, Files
 from modelfs.repo.history import History, edits_version
 from modelfs.repo.importer import ChunkHints, Importer, Progress, StoreSettings
 from modelfs.repo.lazy import LazyFetcher
-from modelfs.repo.locations import LOCATIONS_KEY, RecordLocations
+from modelfs.repo.locations import LOCATIONS_KEY, RecordLocations, chunk_stat
+from modelfs.repo.locations import TABLE as LOCATIONS_TABLE
 from modelfs.repo.lossy import LossyPlan, LossyPlanner
 from modelfs.repo.maintenance import Maintenance
 from modelfs.repo.parents import Inference, Parents
@@ -330,12 +331,20 @@ class Repo:
         """A stored chunk's record (codec, depth, bases): what benchmarks and debugging inspect."""
         return self.cache.record(key)
 
+    def chunk_count(self) -> int:
+        """Chunks held here; counted through their locations where every record has one (py-lmdb
+        would read every record of the store to count them)."""
+        with self.store.read() as txn:
+            if self.locations.complete:
+                return sum(1 for _ in txn.keys(LOCATIONS_TABLE))
+            return sum(1 for _ in txn.keys("chunks"))
+
     def stored_size_of(self, keys: set[bytes]) -> int:
         total = 0
         with self.store.read() as txn:
             for k in keys:
-                raw = txn.get("chunks", k)
-                total += len(raw) if raw else 0
+                st = chunk_stat(txn, k)
+                total += st[0] if st else 0
         return total
 
     # -- lazy stores -----------------------------------------------------------------------

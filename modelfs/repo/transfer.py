@@ -18,8 +18,8 @@ from typing import Any
 from modelfs.errors import Conflict, NotFound
 from modelfs.lineage import Version
 from modelfs.repo import sketches
-from modelfs.repo.chunks import ChunkRecord
 from modelfs.repo.files import FileRecord
+from modelfs.repo.locations import chunk_exists, chunk_stat
 from modelfs.repo.recording import Recorder
 from modelfs.repo.repo import Repo
 from modelfs.repo.writelock import WriterLock
@@ -106,19 +106,21 @@ class Transfer:
                         if k in there:
                             stack += there[k]
                             continue
-                        craw = txn.get("chunks", k)
-                        if craw is None:
+                        st = chunk_stat(txn, k)
+                        if st is None:
                             missing.append(f"{v.ref}:{path}: chunk {k.hex()}")
                             continue
                         order[k] = None
-                        stack += [b for b, _ in ChunkRecord.from_bytes(craw).bases]
+                        stack += st[1]
         return list(order), missing
 
     def missing_chunks(self, keys: Iterable[bytes]) -> set[bytes]:
         with self._store.read() as txn:
-            return {k for k in keys if txn.get("chunks", k) is None}
+            return {k for k in keys if not chunk_exists(txn, k)}
 
     def chunk_records(self, keys: Iterable[bytes]) -> dict[bytes, bytes]:
+        keys = list(keys)
+        self._locations.page_in(keys)  # all of them from disk at once, not a fault a page
         out = {}
         with self._store.read() as txn:
             for k in keys:

@@ -70,8 +70,13 @@ class Store(Protocol):
         """Start reading these (file offset, length) ranges now; a hint, never an error."""
         ...
 
-    def random_access(self) -> bool:
-        """Stop reading around each page fault (the reader asks for its records itself)."""
+    def random_access(self, on: bool = True) -> bool:
+        """Stop reading around each page fault (the reader asks for its records itself);
+        ``on=False`` starts again."""
+        ...
+
+    def map_in(self, offset: int, length: int) -> None:
+        """Map this range of the file in before it is touched (one call, not a fault a page)."""
         ...
 
     def close(self) -> None: ...

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import mmap
 import os
 import threading
@@ -23,7 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+_MADV_NORMAL = getattr(mmap, "MADV_NORMAL", 0)
 _MADV_RANDOM = getattr(mmap, "MADV_RANDOM", 1)
+_MADV_POPULATE_READ = 22  # Linux 5.14: map a range's pages in one call instead of a fault per page
+_PAGE = mmap.PAGESIZE
 _libc: ctypes.CDLL | None = None
 
 
@@ -50,6 +54,7 @@ class FileMap:
         self._lock = threading.Lock()
         self._span: tuple[int, int, int] | None = None  # (start, end, file offset of start)
         self._fd: int | None = None
+        self._populate = True  # until the kernel says it cannot
 
     def _find(self) -> tuple[int, int, int] | None:
         try:
@@ -87,10 +92,25 @@ class FileMap:
                     self._span = None
         return None
 
-    def random_access(self) -> bool:
-        """No read-around on faults in the map: each touches one page (lookups stay cheap)."""
+    def random_access(self, on: bool = True) -> bool:
+        """No read-around on faults in the map: each touches one page (lookups stay cheap);
+        ``on=False`` gives the kernel's read-around back (a scan over every record)."""
         s = self.span()
-        return s is not None and _madvise(s[0], s[1] - s[0], _MADV_RANDOM)
+        return s is not None and _madvise(s[0], s[1] - s[0], _MADV_RANDOM if on else _MADV_NORMAL)
+
+    def map_in(self, offset: int, length: int) -> None:
+        """Map a range of the file into the map's page tables in one call, waiting for its
+        pages (started by `will_need`): without read-around each page would fault alone."""
+        s = self.span()
+        if s is None or not self._populate or not length:
+            return
+        addr = s[0] + offset - s[2]
+        start = addr & ~(_PAGE - 1)
+        if start < s[0] or addr + length > s[1]:
+            return
+        ok = _madvise(start, addr + length - start, _MADV_POPULATE_READ)
+        if not ok and ctypes.get_errno() == errno.EINVAL:  # an older kernel: let the faults do it
+            self._populate = False
 
     def will_need(self, spans: Iterable[tuple[int, int]]) -> None:
         """Start reading these (offset, length) ranges of the file into the page cache."""

@@ -156,8 +156,11 @@ class LmdbStore:
     def will_need(self, spans: Iterable[tuple[int, int]]) -> None:
         self._map.will_need(spans)
 
-    def random_access(self) -> bool:
-        return self._map.random_access()
+    def random_access(self, on: bool = True) -> bool:
+        return self._map.random_access(on)
+
+    def map_in(self, offset: int, length: int) -> None:
+        self._map.map_in(offset, length)
 
     def close(self) -> None:
         self.env.close()

@@ -76,8 +76,11 @@ class MemoryStore:
     def will_need(self, spans: Iterable[tuple[int, int]]) -> None:
         pass
 
-    def random_access(self) -> bool:
+    def random_access(self, on: bool = True) -> bool:
         return False
+
+    def map_in(self, offset: int, length: int) -> None:
+        pass
 
     def close(self) -> None:
         pass

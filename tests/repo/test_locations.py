@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from modelfs.repo import Repo, StoreChunkSource, copy_metadata
-from modelfs.repo.locations import LOCATIONS_KEY, TABLE, decode, encode
+from modelfs.repo.locations import LOCATIONS_KEY, TABLE, chunk_exists, chunk_stat, decode, encode
 
 
 def _ckpt(root: Path, seed: int, base: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -134,3 +134,24 @@ def test_a_lazy_store_locates_the_chunks_it_keeps(lineage: Path, tmp_path: Path)
         repo.export("m@2", tmp_path / "out")
         assert repo.flush_fetched(10)
         _assert_all_located(repo, dest)
+
+
+def test_length_bases_and_presence_come_from_locations_or_records_alike(lineage: Path) -> None:
+    with Repo.open(lineage) as repo:
+        with repo.store.read() as txn:
+            keys = [bytes(k) for k in txn.keys("chunks")]
+            from_locs = {k: chunk_stat(txn, k) for k in keys}
+            assert all(chunk_exists(txn, k) for k in keys)
+            assert chunk_stat(txn, b"\x00" * 32) is None and not chunk_exists(txn, b"\x00" * 32)
+        for k, st in from_locs.items():
+            rec = repo.chunk_record(k)
+            assert st == (len(rec.to_bytes()), tuple(b for b, _ in rec.bases))
+        du = repo.maintenance().du()
+        assert repo.chunk_count() == len(keys)
+        with repo.store.write() as txn:  # the same answers from the records themselves
+            for k in keys:
+                txn.delete(TABLE, k)
+        with repo.store.read() as txn:
+            assert {k: chunk_stat(txn, k) for k in keys} == from_locs
+            assert all(chunk_exists(txn, k) for k in keys)
+        assert repo.maintenance().du() == du
