@@ -124,6 +124,7 @@ class Transfer:
         out = {}
         with self._store.read() as txn:
             for k in keys:
+                self._locations.ready(k)
                 raw = txn.get("chunks", k)
                 if raw is not None:
                     out[k] = bytes(raw)
