@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import blake3
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+from safetensors.numpy import save_file
 
 from modelfs.ops.executors import LOCAL_RAY_ENV
 from modelfs.repo import Repo
@@ -85,6 +87,19 @@ def mem_repo() -> Iterator[Repo]:
 
 
 # -- small safetensors files ----------------------------------------------------------------------
+def small_checkpoint(root: Path, seed: int, base: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """A small checkpoint; a fine-tune of `base` when given (so its chunks are deltas)."""
+    rng = np.random.default_rng(seed)
+    if base is None:
+        sd = {f"layer{i}.weight": rng.standard_normal((256, 512), dtype=np.float32) for i in range(6)}
+    else:
+        sd = {k: v + rng.standard_normal(v.shape, dtype=np.float32) * 1e-3 for k, v in base.items()}
+    root.mkdir(parents=True)
+    save_file(sd, str(root / "model.safetensors"))
+    (root / "config.json").write_text(f'{{"seed": {seed}}}\n')
+    return sd
+
+
 def write_safetensors(path: Path, tensors: Mapping[str, object],
                       metadata: Mapping[str, str] | None = None) -> Path:
     """Write numpy arrays or torch tensors with the real safetensors library."""

@@ -33,6 +33,8 @@ TABLE = "locs"
 LOCATIONS_KEY = b"locations"  # in meta: every chunk record has a location
 _RECENT = 2.0  # seconds: pages asked for this recently are not asked for again
 _ASKED_MAX = 8192
+_OWN_PAGES = 4096  # records at least this long sit on pages of their own (LMDB: > ~2 KiB)
+INLINE = (1 << 64) - 1  # offset of a record too small to have a fixed place (its bases still noted)
 _HEAD = struct.Struct("<QIB")  # file offset, record length, number of bases
 _KEY = 32
 
@@ -112,9 +114,12 @@ class RecordLocations:
                 view = txn.get("chunks", k)
                 if view is None:
                     continue
-                off = self._store.offset_of(view)
-                if off is not None:
-                    found[k] = encode(off, len(view), (b for b, _ in ChunkRecord.from_bytes(view).bases))
+                # a small record lives in a B-tree leaf, which moves whenever a neighbour is
+                # written: only records on pages of their own (LMDB's overflow pages) stay put
+                off = self._store.offset_of(view) if len(view) >= _OWN_PAGES else None
+                if off is not None or len(view) < _OWN_PAGES:
+                    found[k] = encode(INLINE if off is None else off, len(view),
+                                      (b for b, _ in ChunkRecord.from_bytes(view).bases))
         if not found:
             return 0
         try:
@@ -177,7 +182,7 @@ class RecordLocations:
         """Just before `key`'s record is read: its chain asked for, its own pages mapped in."""
         self.page_in([key])
         loc = self._lookup([key]).get(key)
-        if loc is not None:
+        if loc is not None and loc[0] != INLINE:
             self._store.map_in(loc[0], loc[1])
 
     def page_in(self, keys: Iterable[bytes], skip: Container[bytes] | None = None) -> int:
@@ -197,7 +202,7 @@ class RecordLocations:
                 self._asked.update((k, now) for k in fresh)
                 if len(self._asked) > _ASKED_MAX:
                     self._asked = {k: t for k, t in self._asked.items() if now - t < _RECENT}
-            spans += [locs[k][:2] for k in fresh]
+            spans += [locs[k][:2] for k in fresh if locs[k][0] != INLINE]
             level = [b for _, _, bs in locs.values() for b in bs if not skip or b not in skip]
         if spans:
             spans.sort()

@@ -11,25 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import blake3
-import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
 from modelfs.errors import CorruptData, NotFound
 from modelfs.repo import ChunkRecord, Repo, StoreChunkSource, copy_metadata
-
-
-def _model(root: Path, seed: int, base: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """A small checkpoint; a fine-tune of `base` when given (so its chunks are deltas)."""
-    rng = np.random.default_rng(seed)
-    if base is None:
-        sd = {f"layer{i}.weight": rng.standard_normal((256, 512), dtype=np.float32) for i in range(6)}
-    else:
-        sd = {k: v + rng.standard_normal(v.shape, dtype=np.float32) * 1e-3 for k, v in base.items()}
-    root.mkdir(parents=True)
-    save_file(sd, str(root / "model.safetensors"))
-    (root / "config.json").write_text(f'{{"seed": {seed}}}\n')
-    return sd
+from tests.conftest import small_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +23,9 @@ def full(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("lazy-full")
     store = tmp / "full"
     with Repo.init(store) as repo:
-        sd = _model(tmp / "v1", 1)
+        sd = small_checkpoint(tmp / "v1", 1)
         repo.import_dir(tmp / "v1", "m")
-        _model(tmp / "v2", 2, sd)
+        small_checkpoint(tmp / "v2", 2, sd)
         repo.import_dir(tmp / "v2", "m")
     return store
 

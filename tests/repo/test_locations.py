@@ -6,23 +6,19 @@ import os
 from pathlib import Path
 
 import blake3
-import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
 from modelfs.repo import Repo, StoreChunkSource, copy_metadata
-from modelfs.repo.locations import LOCATIONS_KEY, TABLE, chunk_exists, chunk_stat, decode, encode
-
-
-def _ckpt(root: Path, seed: int, base: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    if base is None:
-        sd = {f"w{i}": rng.standard_normal((512, 1024), dtype=np.float32) for i in range(3)}
-    else:
-        sd = {k: v + rng.standard_normal(v.shape, dtype=np.float32) * 1e-3 for k, v in base.items()}
-    root.mkdir(parents=True)
-    save_file(sd, str(root / "model.safetensors"))
-    return sd
+from modelfs.repo.locations import (
+    INLINE,
+    LOCATIONS_KEY,
+    TABLE,
+    chunk_exists,
+    chunk_stat,
+    decode,
+    encode,
+)
+from tests.conftest import small_checkpoint
 
 
 @pytest.fixture
@@ -30,9 +26,9 @@ def lineage(tmp_path: Path) -> Path:
     """A store of m@1 and its fine-tune m@2 (delta chunks), written by this code."""
     store = tmp_path / "store"
     with Repo.init(store) as repo:
-        sd = _ckpt(tmp_path / "v1", 1)
+        sd = small_checkpoint(tmp_path / "v1", 1)
         repo.import_dir(tmp_path / "v1", "m")
-        _ckpt(tmp_path / "v2", 2, sd)
+        small_checkpoint(tmp_path / "v2", 2, sd)
         repo.import_dir(tmp_path / "v2", "m")
     return store
 
@@ -48,9 +44,14 @@ def _assert_all_located(repo: Repo, store: Path) -> int:
     with repo.store.read() as txn, open(store / "data.mdb", "rb") as f:
         keys = [bytes(k) for k in txn.keys("chunks")]
         assert keys and set(locs) == set(keys)
+        assert any(locs[k][0] != INLINE for k in keys)  # the weights' chunks have their places
         for k in keys:
             off, ln, bases = locs[k]
             raw = bytes(txn.get("chunks", k))
+            assert ln == len(raw)
+            if off == INLINE:  # in a B-tree leaf, which moves: no place noted
+                assert ln < 4096
+                continue
             f.seek(off)
             assert f.read(ln) == raw
             assert bases == tuple(b for b, _ in repo.chunk_record(k).bases)
@@ -111,7 +112,7 @@ def test_a_wrong_location_is_only_a_wrong_hint(lineage: Path, tmp_path: Path) ->
 
 def test_gc_forgets_the_locations_of_chunks_it_deletes(lineage: Path, tmp_path: Path) -> None:
     with Repo.open(lineage) as repo:
-        _ckpt(tmp_path / "other", 7)
+        small_checkpoint(tmp_path / "other", 7)
         repo.import_dir(tmp_path / "other", "x")
         before = _locations(repo)
         repo.history().remove("x")
