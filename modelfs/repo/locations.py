@@ -7,9 +7,11 @@ a read asks the kernel for all the records of a tensor and their base chains in 
 disk works on them in parallel, and the map needs no read-around at all (so a B-tree
 lookup reads one page, not 8 MiB).
 
-A location is a hint: records are immutable and LMDB never moves a committed value, but if
-one were stale (a deleted chunk's pages reused) a read would only page in the wrong bytes;
-what it decodes always comes through LMDB. A store records that every record has a location
+A location is a hint: a record on pages of its own never moves (records are immutable and
+LMDB does not relocate a committed value; a small one, inside a B-tree leaf, does move and
+gets no place), and if one were stale a read would only page in the wrong bytes: what it
+decodes always comes through LMDB. Every chunk gets an entry (its length and bases at least),
+so its keys also count the chunks without reading them. A store records that every record has a location
 (meta ``locations``): only then is the map's read-around turned off, so an older store
 reads as before until `modelfs gc` fills its locations in.
 """
@@ -117,9 +119,8 @@ class RecordLocations:
                 # a small record lives in a B-tree leaf, which moves whenever a neighbour is
                 # written: only records on pages of their own (LMDB's overflow pages) stay put
                 off = self._store.offset_of(view) if len(view) >= _OWN_PAGES else None
-                if off is not None or len(view) < _OWN_PAGES:
-                    found[k] = encode(INLINE if off is None else off, len(view),
-                                      (b for b, _ in ChunkRecord.from_bytes(view).bases))
+                found[k] = encode(INLINE if off is None else off, len(view),
+                                  (b for b, _ in ChunkRecord.from_bytes(view).bases))
         if not found:
             return 0
         try:
