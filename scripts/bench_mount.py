@@ -50,6 +50,7 @@ from benchlib.mount import Mount
 from benchlib.mount_cases import (
     MODEL,
     bench_export,
+    bench_fuse_baseline,
     bench_reads,
     bench_write,
     build_lineage,
@@ -112,6 +113,8 @@ def measure(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         bench_reads(m, work, args.depth, args.repeat, res)
         log("export against cp")
         bench_export(work, args.depth, args.repeat, res)
+        log("warm re-read through a trivial pyfuse3 file system")
+        bench_fuse_baseline(work, args.repeat, res)
         res["profiles"] = []
         if profile is not None:
             log("profile: cold read of the deepest version under py-spy")
