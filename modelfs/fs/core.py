@@ -57,6 +57,10 @@ class ReadStats:
     files_stored: int = 0  # stage_file done
     commits: int = 0
 
+    def add_read(self, nbytes: int) -> None:
+        self.reads += 1
+        self.read_bytes += nbytes
+
 
 @dataclass(slots=True)
 class OpenFile:
@@ -270,8 +274,7 @@ class MountCore:
         end = min(off + size, st.size)
         if end <= off:
             return b""
-        self.stats.reads += 1
-        self.stats.read_bytes += end - off
+        self.stats.add_read(end - off)
         base = st.base
         if base is None:
             return st.pread(end - off, off)

@@ -350,7 +350,7 @@ class Operations(pyfuse3.Operations):
         if off >= h.size or size <= 0:
             return b""
         size = min(size, h.size - off)
-        self.stats.reads, self.stats.read_bytes = self.stats.reads + 1, self.stats.read_bytes + size
+        self.stats.add_read(size)
         assert h.ahead is not None
         span = h.ahead.on_read(off, size, h.reader.tensor_end(off))
         if span is not None and self.nursery is not None:  # the disk starts on all of it at once
