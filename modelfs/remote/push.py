@@ -160,7 +160,7 @@ class Pusher:
             raws = self.transfer.chunk_records(keys[i:i + 256])
             for k in keys[i:i + 256]:
                 raw = raws[k]
-                yield Record("chunks", k, raw, tuple(b for b, _ in ChunkRecord.from_bytes(raw).bases))
+                yield Record("chunks", k, raw, ChunkRecord.from_bytes(raw).base_keys)
 
     def _meta_records(self, versions: list[Version], held: Holdings) -> list[Record]:
         files = self.transfer.file_records(versions)

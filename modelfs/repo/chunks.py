@@ -42,6 +42,10 @@ class ChunkRecord:
     bases: tuple[tuple[bytes, DType], ...]
     payload: memoryview
 
+    @property
+    def base_keys(self) -> tuple[bytes, ...]:
+        return tuple(k for k, _ in self.bases)
+
     def to_bytes(self) -> bytes:
         parts = [struct.pack("<BB", _VERSION, len(self.codec)), self.codec.encode(),
                  struct.pack("<B", len(self.dtype.name)), self.dtype.name.encode(),

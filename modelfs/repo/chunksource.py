@@ -137,7 +137,7 @@ class StoreChunkSource:
         """A chunk's delta bases, from its record in the source store (read, not counted)."""
         with self.store.read() as txn:
             raw = txn.get("chunks", key)
-            return () if raw is None else tuple(k for k, _ in ChunkRecord.from_bytes(raw).bases)
+            return () if raw is None else ChunkRecord.from_bytes(raw).base_keys
 
     def close(self) -> None:
         self.store.close()

@@ -66,7 +66,7 @@ class FetchStats:
 
 def _bases(raw: bytes) -> list[bytes]:
     """The base keys a raw chunk record names."""
-    return [k for k, _ in ChunkRecord.from_bytes(raw).bases]
+    return list(ChunkRecord.from_bytes(raw).base_keys)
 
 
 class LazyFetcher:

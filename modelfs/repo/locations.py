@@ -63,7 +63,7 @@ def chunk_stat(txn: ReadTxn, key: bytes, located: bool = True) -> tuple[int, tup
     rec = txn.get("chunks", key)
     if rec is None:
         return None
-    return len(rec), tuple(b for b, _ in ChunkRecord.from_bytes(rec).bases)
+    return len(rec), ChunkRecord.from_bytes(rec).base_keys
 
 
 def chunk_exists(txn: ReadTxn, key: bytes) -> bool:
@@ -120,7 +120,7 @@ class RecordLocations:
                 # written: only records on pages of their own (LMDB's overflow pages) stay put
                 off = self._store.offset_of(view) if len(view) >= _OWN_PAGES else None
                 found[k] = encode(INLINE if off is None else off, len(view),
-                                  (b for b, _ in ChunkRecord.from_bytes(view).bases))
+                                  ChunkRecord.from_bytes(view).base_keys)
         if not found:
             return 0
         try:
