@@ -100,6 +100,16 @@ def small_checkpoint(root: Path, seed: int, base: dict[str, np.ndarray] | None =
     return sd
 
 
+def fine_tune_store(root: Path, store: Path) -> Path:
+    """A store at `store` of m@1 and its fine-tune m@2 (delta chunks), checkpoints under `root`."""
+    with Repo.init(store) as repo:
+        sd = small_checkpoint(root / "v1", 1)
+        repo.import_dir(root / "v1", "m")
+        small_checkpoint(root / "v2", 2, sd)
+        repo.import_dir(root / "v2", "m")
+    return store
+
+
 def write_safetensors(path: Path, tensors: Mapping[str, object],
                       metadata: Mapping[str, str] | None = None) -> Path:
     """Write numpy arrays or torch tensors with the real safetensors library."""

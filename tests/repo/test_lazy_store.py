@@ -15,19 +15,13 @@ import pytest
 
 from modelfs.errors import CorruptData, NotFound
 from modelfs.repo import ChunkRecord, Repo, StoreChunkSource, copy_metadata
-from tests.conftest import small_checkpoint
+from tests.conftest import fine_tune_store
 
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("lazy-full")
-    store = tmp / "full"
-    with Repo.init(store) as repo:
-        sd = small_checkpoint(tmp / "v1", 1)
-        repo.import_dir(tmp / "v1", "m")
-        small_checkpoint(tmp / "v2", 2, sd)
-        repo.import_dir(tmp / "v2", "m")
-    return store
+    return fine_tune_store(tmp, tmp / "full")
 
 
 def _lazy(full: Path, dest: Path, source: StoreChunkSource | None = None) -> tuple[Repo, StoreChunkSource]:

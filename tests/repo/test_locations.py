@@ -18,19 +18,13 @@ from modelfs.repo.locations import (
     decode,
     encode,
 )
-from tests.conftest import small_checkpoint
+from tests.conftest import fine_tune_store, small_checkpoint
 
 
 @pytest.fixture
 def lineage(tmp_path: Path) -> Path:
     """A store of m@1 and its fine-tune m@2 (delta chunks), written by this code."""
-    store = tmp_path / "store"
-    with Repo.init(store) as repo:
-        sd = small_checkpoint(tmp_path / "v1", 1)
-        repo.import_dir(tmp_path / "v1", "m")
-        small_checkpoint(tmp_path / "v2", 2, sd)
-        repo.import_dir(tmp_path / "v2", "m")
-    return store
+    return fine_tune_store(tmp_path, tmp_path / "store")
 
 
 def _locations(repo: Repo) -> dict[bytes, tuple[int, int, tuple[bytes, ...]]]:
